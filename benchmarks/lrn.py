@@ -1,0 +1,67 @@
+"""LRN forward+backward: alexnet.lrn.LocalResponseNorm against torch.nn.LocalResponseNorm
+with the same constants (alpha * n, since torch averages), on the shapes AlexNet feeds it.
+
+    python benchmarks/lrn.py [--batch 128] [--repeats 7]
+
+Both run in the same process, alternating, after warm-up; prints the median times, their
+ratio and the largest difference of outputs and input gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from alexnet.lrn import LocalResponseNorm
+from alexnet.runtime import tune_allocator
+
+SHAPES = {  # (C, H, W) of the LRN inputs
+    "paper conv1": (96, 55, 55),
+    "paper conv2": (256, 27, 27),
+    "small conv1": (48, 24, 24),
+    "small conv2": (128, 11, 11),
+}
+
+
+def fwd_bwd(layer, x, g):
+    x.grad = None
+    y = layer(x)
+    y.backward(g)
+    return y, x.grad
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    tune_allocator()
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}")
+    print(f"{'shape':<14}{'layout':<15}{'torch ms':>10}{'ours ms':>10}{'ratio':>8}{'max |dy|':>11}{'max |dx|':>11}")
+    for name, (c, h, w) in SHAPES.items():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            x = (torch.randn(args.batch, c, h, w) * 30).contiguous(memory_format=fmt).requires_grad_()
+            g = torch.randn_like(x)
+            ours, ref = LocalResponseNorm(c), torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+            times = {"ours": [], "ref": []}
+            for i in range(args.repeats + 2):
+                for label, layer in (("ours", ours), ("ref", ref)):
+                    t = time.perf_counter()
+                    fwd_bwd(layer, x, g)
+                    if i >= 2:
+                        times[label].append(time.perf_counter() - t)
+            (y1, g1), (y2, g2) = fwd_bwd(ours, x, g), fwd_bwd(ref, x, g)
+            t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
+            layout = "channels_last" if fmt == torch.channels_last else "NCHW"
+            print(f"{name:<14}{layout:<15}{t_ref * 1e3:>10.1f}{t_ours * 1e3:>10.1f}{t_ref / t_ours:>7.2f}x"
+                  f"{(y1 - y2).abs().max().item():>11.1e}{(g1 - g2).abs().max().item():>11.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, 2012): the paper's network and recipe for PyTorch."""
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .lrn import LocalResponseNorm
+from .model import AlexNet, build_model, count_parameters
+
+__all__ = ["AlexNet", "build_model", "count_parameters", "LocalResponseNorm", "ModelConfig",
+           "DataConfig", "TrainConfig", "RunConfig"]
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""The `alexnet` command: train, evaluate, predict, summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ACTIVATIONS, INITS, POOLINGS
+from .engine import AMP_DTYPES
+from .errors import UserError
+
+SCHEDULES = ("step", "onecycle")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from .model import ARCHITECTURES
+
+    g = p.add_argument_group("model (defaults: the variant's; see `alexnet summary`)")
+    g.add_argument("--model", choices=list(ARCHITECTURES), help="variant (default: small for "
+                   "fashion-mnist, paper for image folders)")
+    g.add_argument("--input-size", type=int, help="input height and width in pixels")
+    g.add_argument("--width", type=float, help="multiplier on every layer's width")
+    g.add_argument("--activation", choices=ACTIVATIONS)
+    g.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None,
+                   help="local response normalisation after conv1 and conv2 (§3.3)")
+    g.add_argument("--pooling", choices=POOLINGS, help="overlap = 3/2 (§3.4), nonoverlap = 2/2")
+    g.add_argument("--dropout", type=float, help="dropout probability in fc6 and fc7 (§4.2)")
+    g.add_argument("--init", choices=INITS, help="weight init (paper: §5)")
+
+
+def _model_options(args) -> dict:
+    return {"name": args.model, "input_size": args.input_size, "width": args.width,
+            "activation": args.activation, "lrn": args.lrn, "pooling": args.pooling,
+            "dropout": args.dropout, "init": args.init}
+
+
+def _print_json_or(args, result, text: str) -> None:
+    print(json.dumps(result, indent=2) if args.json else text)
+
+
+def cmd_train(args) -> None:
+    from .presets import resolve
+    from .train import train
+
+    cfg = resolve(
+        args.data, _model_options(args),
+        {"data_dir": args.data_dir, "download": args.download or None, "workers": args.workers,
+         "augment": args.augment, "translate": args.translate},
+        {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
+         "step_epochs": args.step_epochs, "warmup_epochs": args.warmup_epochs,
+         "label_smoothing": args.label_smoothing, "amp": args.amp,
+         "channels_last": args.channels_last, "device": args.device, "seed": args.seed,
+         "out": args.out})
+    result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val)
+    val = result["val"]
+    if val:
+        print(f"done: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), top-5 "
+              f"{val['top5']:.4f} on {val['images']:,} images; checkpoint {result['checkpoint']}")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.batch_size,
+                            args.device, args.amp, args.limit)
+    _print_json_or(args, r, f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
+                   f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
+                   f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})")
+
+
+def cmd_predict(args) -> None:
+    from .predict import predict
+
+    results = predict(args.checkpoint, args.images, args.topk, args.device)
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines += [f"  {p['probability']:7.2%}  {p['class']}" for p in r["predictions"]]
+    _print_json_or(args, results, "\n".join(lines))
+
+
+def cmd_summary(args) -> None:
+    from .model import build_model, summarize
+
+    options = {k: v for k, v in _model_options(args).items() if v is not None and k != "name"}
+    options.update({k: v for k, v in (("in_channels", args.in_channels),
+                                      ("num_classes", args.num_classes)) if v is not None})
+    try:
+        model = build_model(args.model or "paper", **options)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    s = summarize(model)
+    lines = [f"{'layer':<16}{'type':<20}{'output':>18}{'params':>14}{'MACs':>16}"]
+    for r in s["layers"]:
+        shape = "x".join(str(d) for d in r["output"])
+        lines.append(f"{r['name']:<16}{r['type']:<20}{shape:>18}{r['params']:>14,}{r['macs']:>16,}")
+    lines.append(f"{'total':<54}{s['params']:>14,}{s['macs']:>16,}")
+    _print_json_or(args, s, "\n".join(lines))
+
+
+def cmd_samples(args) -> None:
+    from .config import DataConfig
+    from .data import write_samples
+
+    paths = write_samples(DataConfig(name=args.data, data_dir=args.data_dir), args.count, args.out)
+    print("\n".join(str(p) for p in paths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al., 2012): "
+                                     "train, evaluate and predict; the paper's network by default.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_options(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, or an ImageNet-style folder with train/<class>/ and val/<class>/")
+    g.add_argument("--data-dir", help="folder with Fashion-MNIST's IDX files (default: Debian's)")
+    g.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST")
+    g.add_argument("--workers", type=int, help="DataLoader workers for folders (default: cores - 1)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops and mirrors (§4.1)")
+    g.add_argument("--translate", type=int, help="in-memory data: random shifts of up to N pixels")
+    g.add_argument("--limit-train", type=int, help="use only this many training images")
+    g.add_argument("--limit-val", type=int, help="use only this many validation images")
+    g = p.add_argument_group("optimisation (defaults: the data's preset, see presets.py)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--step-epochs", type=int, help="epochs between /10 drops (--schedule step)")
+    g.add_argument("--warmup-epochs", type=float, help="warm-up length (--schedule onecycle)")
+    g.add_argument("--label-smoothing", type=float)
+    g = p.add_argument_group("run")
+    g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast precision (off = fp32)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")
+    g.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="default: what the checkpoint was trained on")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=list(AMP_DTYPES), help="default: the checkpoint's")
+    p.add_argument("--limit", type=int, help="evaluate only this many images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs of a model")
+    _add_model_options(p)
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--out", default="samples")
+    p.set_defaults(func=cmd_samples)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,175 @@
+"""`alexnet train`: build data, model and optimiser from a RunConfig and run the epochs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, save_weights
+from .config import RunConfig, TrainConfig
+from .data import load_split
+from .augment import Preprocess
+from .engine import NonFiniteLoss, evaluate, grad_scaler, resolve_device, train_one_epoch
+from .errors import UserError
+from .model import AlexNet, count_parameters
+
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1",
+                 "val_top5", "epoch_seconds", "train_images_per_s")
+
+
+@dataclass
+class LrSchedule:
+    """Learning-rate multiplier per optimiser step (a LambdaLR function with plain state).
+
+    step:     /10 every `step_epochs` epochs: the Caffe/torchvision stand-in for §5's
+              "divide by 10 when the validation error stops improving" (issue 3 adds the
+              plateau rule itself).
+    onecycle: linear warm-up, then a cosine from 1 to 0 over the remaining steps: gets
+              the most out of a short, fixed budget, such as the Fashion-MNIST preset.
+    """
+    kind: str
+    epochs: int
+    steps_per_epoch: int
+    step_epochs: int
+    warmup_epochs: float
+
+    def step_factor(self, step: int) -> float:
+        return 0.1 ** (step // (self.step_epochs * self.steps_per_epoch))
+
+    def onecycle_factor(self, step: int) -> float:
+        warm = self.warmup_epochs * self.steps_per_epoch
+        if step < warm:
+            return (step + 1) / warm
+        total = self.epochs * self.steps_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+
+    def __call__(self, step: int) -> float:
+        return {"step": self.step_factor, "onecycle": self.onecycle_factor}[self.kind](step)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    # §5 writes the update as  v <- 0.9 v - 0.0005 lr w - lr grad;  w <- w + v.
+    # PyTorch's SGD keeps b <- 0.9 b + (grad + 0.0005 w);  w <- w - lr b, i.e. b = -v / lr.
+    # The two are identical while lr is constant; right after a drop the paper's velocity
+    # still carries the old lr for a few steps, PyTorch's does not (issue 3 discusses it).
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, foreach=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in METRIC_FIELDS})
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = None,
+          limit_val: int | None = None) -> dict:
+    """Run training as `cfg` says; returns the final validation metrics and paths."""
+    t = cfg.train
+    out = Path(t.out)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None:  # the model is the checkpoint's; the rest may change (e.g. more epochs)
+        cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
+
+    m = cfg.model
+    train_split = load_split(True, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_train)
+    val_split = load_split(False, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_val)
+    if train_split.classes != val_split.classes:
+        raise UserError(f"{cfg.data.name}: the training and validation classes differ")
+    classes = train_split.classes
+    if ckpt is None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            m, num_classes=len(classes), in_channels=train_split.in_channels))
+        model = AlexNet(cfg.model)
+    else:
+        if list(ckpt["classes"]) != classes:
+            raise UserError(f"{resume}: trained on other classes than {cfg.data.name}")
+        model = model_from_checkpoint(ckpt, resume)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+
+    optimizer = make_optimizer(model, t)
+    schedule = LrSchedule(t.schedule, t.epochs, len(train_split.loader), t.step_epochs, t.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = grad_scaler(device, t.amp)
+    start_epoch, best_top1 = 0, -1.0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best_top1 = ckpt["epoch"], ckpt["best_top1"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # In-memory data (Fashion-MNIST): translation + mirror run batched on the device.
+    preprocess = Preprocess(cfg.data.mean, cfg.data.std, m.input_size, device, t.channels_last,
+                            augment=train_split.in_memory and cfg.data.augment,
+                            translate=cfg.data.translate)
+    workers = getattr(getattr(train_split.loader, "loader", None), "num_workers", 0)
+    _log(f"alexnet: model {m.name} ({count_parameters(model):,} parameters), "
+         f"{train_split.size:,} training / {val_split.size:,} validation images, "
+         f"{len(classes)} classes, device {device}, precision {t.amp if t.amp != 'off' else 'fp32'}, "
+         f"{'channels_last, ' if t.channels_last else ''}loader workers {workers}, "
+         f"torch threads {torch.get_num_threads()}, out {out}")
+
+    val = {}
+    for epoch in range(start_epoch, t.epochs):
+        train_split.loader.set_epoch(epoch)
+        started = time.perf_counter()
+        try:
+            tr = train_one_epoch(model, train_split.loader, optimizer, scheduler, scaler, preprocess,
+                                 device, t.amp, t.label_smoothing, desc=f"epoch {epoch + 1}/{t.epochs}",
+                                 log_every=t.log_every)
+        except NonFiniteLoss as e:
+            raise UserError(f"{e}: training diverged; try a lower --lr or --init caffe "
+                            f"(the last good checkpoint is {out / 'last.pt'})") from e
+        val = evaluate(model, val_split.loader, preprocess, device, t.amp, desc="validate")
+        row = {"epoch": epoch + 1, "step": scheduler.last_epoch, "lr": optimizer.param_groups[0]["lr"],
+               "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
+               "val_top1": val["top1"], "val_top5": val["top5"],
+               "epoch_seconds": time.perf_counter() - started, "train_images_per_s": tr["images_per_s"]}
+        _append_metrics(out / "metrics.csv", row)
+        _log(f"epoch {epoch + 1}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+             f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f} | "
+             f"{tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s")
+        is_best = val["top1"] > best_top1
+        best_top1 = max(best_top1, val["top1"])
+        state = {"config": cfg.to_dict(), "classes": classes, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                 "step": scheduler.last_epoch, "best_top1": best_top1, "metrics": row}
+        save_checkpoint(out / "last.pt", state)
+        if is_best:
+            save_checkpoint(out / "best.pt", state)
+    save_weights(out / "model.safetensors", model, cfg, classes)
+    return {"out": str(out), "val": val, "checkpoint": str(out / "last.pt")}

@@ -1,0 +1,181 @@
+"""End to end through the `alexnet` command: train -> evaluate -> predict, and bad input."""
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.cli import main
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_train_writes_its_outputs(fashion_run):
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "model.safetensors"):
+        assert (fashion_run / name).is_file(), name
+    cfg = json.loads((fashion_run / "config.json").read_text())
+    assert cfg["model"]["name"] == "small" and cfg["model"]["num_classes"] == 10
+    assert cfg["model"]["in_channels"] == 1 and cfg["train"]["momentum"] == 0.9
+    rows = list(csv.DictReader(open(fashion_run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[-1]["val_top1"]) > 0.3  # chance is 0.1
+
+
+def test_evaluate_json(fashion_run, capsys, fashion_dir):
+    rc, out, _ = run(capsys, "evaluate", fashion_run / "last.pt", "--data-dir", fashion_dir,
+                     "--limit", "500", "--json")
+    assert rc == 0
+    r = json.loads(out)
+    assert r["images"] == 500
+    assert r["top1"] > 0.3 and r["top5"] >= r["top1"]
+    assert r["top1_error"] == pytest.approx(1 - r["top1"])
+    row = list(csv.DictReader(open(fashion_run / "metrics.csv")))[-1]
+    assert r["top1"] == pytest.approx(float(row["val_top1"]))  # same 500 images as validation
+
+
+def test_safetensors_weights_evaluate_the_same(fashion_run, capsys, fashion_dir):
+    results = []
+    for name in ("last.pt", "model.safetensors"):
+        rc, out, _ = run(capsys, "evaluate", fashion_run / name, "--data-dir", fashion_dir,
+                         "--limit", "300", "--json")
+        assert rc == 0
+        results.append(json.loads(out))
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["loss"] == results[1]["loss"]
+
+
+def test_predict_fashion_samples(fashion_run, capsys, fashion_dir, tmp_path):
+    rc, out, _ = run(capsys, "samples", "--data-dir", fashion_dir, "--count", "20", "--out", tmp_path)
+    assert rc == 0
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(files) == 20
+    rc, out, _ = run(capsys, "predict", fashion_run / "last.pt", *files, "--topk", "3", "--json")
+    assert rc == 0
+    results = json.loads(out)
+    assert len(results) == 20
+    correct = 0
+    for r, f in zip(results, files):
+        probs = [p["probability"] for p in r["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        truth = f.stem.split("_", 1)[1]
+        correct += r["predictions"][0]["class"].replace("/", "-").replace(" ", "_") == truth
+    assert correct >= 6  # far above chance (2 of 20) after two short epochs
+
+
+def test_predict_real_photos_any_mode(fashion_run, capsys, photos):
+    rc, out, err = run(capsys, "predict", fashion_run / "last.pt", *photos.values(), "--json")
+    assert rc == 0, err
+    results = json.loads(out)
+    assert [r["image"] for r in results] == [str(p) for p in photos.values()]
+    for r in results:
+        assert len(r["predictions"]) == 5
+        assert 0 < sum(p["probability"] for p in r["predictions"]) <= 1 + 1e-6
+
+
+def test_resume_continues_exactly(fashion_dir, tmp_path, capsys):
+    common = ["train", "--data-dir", fashion_dir, "--limit-train", "600", "--limit-val", "100",
+              "--width", "0.25", "--amp", "off"]
+    assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
+    assert run(capsys, *common, "--epochs", "1", "--out", tmp_path / "split")[0] == 0
+    assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "split",
+               "--resume", tmp_path / "split" / "last.pt")[0] == 0
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rows = list(csv.DictReader(open(tmp_path / "split" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_summary_json(capsys):
+    rc, out, _ = run(capsys, "summary", "--model", "paper", "--json")
+    assert rc == 0
+    s = json.loads(out)
+    assert s["params"] == 60_965_224 and round(s["macs"] / 1e6) == 724
+    rc, out, _ = run(capsys, "summary", "--model", "small")
+    assert rc == 0 and "2,161,514" in out
+
+
+# ------------------------------------------------------------------------ bad input
+
+def _one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_bad_images(fashion_run, capsys, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for bad, needle in ((tmp_path / "missing.jpg", "no such file"), (tmp_path, "not a file"),
+                        (text, "not a readable image"), (empty, "not a readable image")):
+        rc, _, err = run(capsys, "predict", fashion_run / "last.pt", bad)
+        _one_line_error(rc, err, str(bad), needle)
+
+
+def test_bad_checkpoints(capsys, tmp_path, photos):
+    img = photos["astronaut.jpg"]
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(1000))
+    raw_state = tmp_path / "state_dict.pt"
+    torch.save({"features.0.weight": torch.zeros(1)}, raw_state)
+    for bad in (tmp_path / "missing.pt", empty, garbage, raw_state):
+        rc, _, err = run(capsys, "predict", bad, img)
+        _one_line_error(rc, err, str(bad))
+
+
+def test_mismatched_weights(fashion_run, capsys, tmp_path, photos):
+    ckpt = torch.load(fashion_run / "last.pt", weights_only=True)
+    ckpt["config"]["model"]["width"] = 1.0  # claims another model than its weights
+    bad = tmp_path / "other.pt"
+    torch.save(ckpt, bad)
+    rc, _, err = run(capsys, "evaluate", bad)
+    _one_line_error(rc, err, str(bad), "do not fit")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(capsys, tmp_path, photos):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "alexnet-checkpoint", "payload": _Exploit(marker)}, evil, pickle_protocol=2)
+    rc, _, err = run(capsys, "predict", evil, photos["astronaut.jpg"])
+    _one_line_error(rc, err, str(evil), "refused")
+    assert not marker.exists()
+
+
+def test_missing_folder_data(capsys, tmp_path):
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "nowhere", "--epochs", "1")
+    _one_line_error(rc, err, "nowhere")
+
+
+def test_console_script_and_module_entry_points():
+    r = subprocess.run([sys.executable, "-m", "alexnet", "summary", "--model", "owt", "--json"],
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout)["params"] == 61_100_840
+    r = subprocess.run([sys.executable, "-m", "alexnet", "predict", "/nonexistent.pt", "/x.jpg"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "/nonexistent.pt" in r.stderr

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from alexnet.config import DataConfig
+from alexnet.data import InMemoryLoader, fashion_mnist, load_image, write_samples
+from alexnet.errors import UserError
+
+
+def test_fashion_mnist_from_the_debian_files(fashion_dir):
+    cfg = DataConfig(data_dir=fashion_dir)
+    train, test = fashion_mnist(True, cfg), fashion_mnist(False, cfg)
+    assert train.data.shape == (60000, 28, 28) and test.data.shape == (10000, 28, 28)
+    assert train.data.dtype == torch.uint8
+    assert train.classes[:2] == ["T-shirt/top", "Trouser"] and len(train.classes) == 10
+    assert torch.bincount(test.targets).tolist() == [1000] * 10
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        fashion_mnist(True, DataConfig(data_dir=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
+        fashion_mnist(True, DataConfig(data_dir=str(tmp_path)))
+
+
+def test_in_memory_loader_shuffles_per_epoch_and_is_deterministic():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    labels = torch.arange(10)
+    loader = InMemoryLoader(images, labels, batch_size=4, shuffle=True, seed=1, drop_last=True)
+    assert len(loader) == 2
+    first = [b[1].tolist() for b in loader]
+    assert [b[1].tolist() for b in loader] == first
+    loader.set_epoch(1)
+    assert [b[1].tolist() for b in loader] != first
+    for x, y in loader:
+        assert torch.equal(x.flatten().long(), y)
+    ordered = InMemoryLoader(images, labels, batch_size=4, shuffle=False)
+    assert len(ordered) == 3 and torch.cat([y for _, y in ordered]).tolist() == list(range(10))
+
+
+def test_samples_are_the_test_images(fashion_dir, tmp_path):
+    paths = write_samples(DataConfig(data_dir=fashion_dir), 3, tmp_path)
+    test = fashion_mnist(False, DataConfig(data_dir=fashion_dir))
+    assert [p.name.split("_", 1)[0] for p in paths] == ["00000", "00001", "00002"]
+    for i, p in enumerate(paths):
+        img = load_image(p, channels=1)
+        assert torch.equal(torch.as_tensor(list(img.getdata()), dtype=torch.uint8).view(28, 28), test.data[i])
+
+
+def test_load_image_converts_modes(photos):
+    for path in photos.values():
+        assert load_image(path, 3).mode == "RGB"
+        assert load_image(path, 1).mode == "L"
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\xff\xd8\xff\xe0" + b"\x00" * 20])
+def test_load_image_rejects_non_images(tmp_path, content):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(UserError, match="bad.jpg"):
+        load_image(p, 3)
+
+
+def test_load_image_missing_and_directory(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_image(tmp_path / "missing.png", 3)
+    with pytest.raises(UserError, match="not a file"):
+        load_image(tmp_path, 3)

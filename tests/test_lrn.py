@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from alexnet.lrn import LocalResponseNorm
+
+
+def lrn_formula(a: torch.Tensor, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Tensor:
+    """§3.3 written out literally, channel by channel, in float64."""
+    a = a.double()
+    c = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(c):
+        lo, hi = max(0, i - n // 2), min(c - 1, i + n // 2)
+        s = (a[:, lo:hi + 1] ** 2).sum(dim=1)
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: pixel-scale activations, LRN matters
+def test_matches_the_formula(channels_last, scale):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, 6) * scale
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = LocalResponseNorm(12)(x)
+    expected = lrn_formula(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), expected, rtol=2e-6, atol=1e-6 * scale)
+    if scale == 100.0:  # the normalisation is not negligible here, so the test has teeth
+        assert (expected - x.double() / 2 ** 0.75).abs().max() > 0.1
+
+
+def test_equals_torch_lrn_with_alpha_times_n():
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 7, 7) * 50
+    ref = torch.nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)(x)
+    torch.testing.assert_close(LocalResponseNorm(16)(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_is_exact():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 7, 3, 4, dtype=torch.float64) * 60).requires_grad_()
+    assert torch.autograd.gradcheck(LocalResponseNorm(7), (x,))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(LocalResponseNorm(7), (xc,))
+
+
+def test_gradient_matches_autograd_of_formula_float32():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 20, 6, 6) * 40).requires_grad_()
+    g = torch.randn(4, 20, 6, 6)
+    LocalResponseNorm(20)(x).backward(g)
+    x64 = x.detach().double().requires_grad_()
+    lrn_formula(x64).backward(g.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_keeps_the_normalisation(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 4, 4) * 300).to(dtype)  # squares overflow fp16: computed in fp32
+    with torch.autocast("cpu", dtype=dtype):
+        y = LocalResponseNorm(8)(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    expected = lrn_formula(x.float())
+    assert (expected - x.double() / 2 ** 0.75).abs().max() > 10  # the layer does something
+    torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=0.05)
+
+
+def test_band_is_not_in_the_state_dict_and_follows_dtype_moves():
+    m = LocalResponseNorm(6)
+    assert list(m.state_dict()) == []
+    assert m.band.shape == (6, 6) and int(m.band.sum()) == 6 * 5 - 2 * 3  # 5-wide band, clipped

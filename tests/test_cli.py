@@ -82,8 +82,9 @@ def test_predict_real_photos_any_mode(fashion_run, capsys, photos):
 
 
 def test_resume_continues_exactly(fashion_dir, tmp_path, capsys):
+    # a step schedule: the learning rate at a step does not depend on the planned length
     common = ["train", "--data-dir", fashion_dir, "--limit-train", "600", "--limit-val", "100",
-              "--width", "0.25", "--amp", "off"]
+              "--width", "0.25", "--amp", "off", "--schedule", "step", "--step-epochs", "1"]
     assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
     assert run(capsys, *common, "--epochs", "1", "--out", tmp_path / "split")[0] == 0
     assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "split",

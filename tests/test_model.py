@@ -101,7 +101,7 @@ def test_bad_option_is_an_error():
 
 def test_paper_init_statistics():
     torch.manual_seed(0)
-    m = build_model("paper")
+    m = build_model("paper").requires_grad_(False)
     convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
     fcs = [l for l in m.classifier if isinstance(l, nn.Linear)]
     for layer in convs + fcs:
@@ -113,7 +113,7 @@ def test_paper_init_statistics():
 
 
 def test_caffe_init():
-    m = build_model("paper", init="caffe")
+    m = build_model("paper", init="caffe").requires_grad_(False)
     fcs = [l for l in m.classifier if isinstance(l, nn.Linear)]
     assert fcs[0].weight.std().item() == pytest.approx(0.005, rel=0.05)
     assert fcs[2].weight.std().item() == pytest.approx(0.01, rel=0.05)

@@ -73,6 +73,11 @@ class DataConfig:
     translate: int = 2
     workers: int = -1            # DataLoader workers for image folders; -1 = choose for the machine
 
+    @property
+    def channels(self) -> int:
+        """Image channels the data is read with: one mean per channel."""
+        return len(self.mean)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

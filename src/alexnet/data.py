@@ -55,7 +55,6 @@ class Split:
     """One split of a dataset: a loader of uint8 batches and what describes it."""
     loader: object          # iterable of (uint8 N x C x H x W, int64 N); has set_epoch(e)
     classes: list[str]
-    in_channels: int
     size: int               # number of images
     in_memory: bool         # images are raw and augmentation happens on the device
 
@@ -152,7 +151,7 @@ def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int
     if limit:
         images, labels = images[:limit], labels[:limit]
     loader = InMemoryLoader(images, labels, batch_size, shuffle=train, seed=seed, drop_last=train)
-    return Split(loader, list(ds.classes), 1, len(labels), in_memory=True)
+    return Split(loader, list(ds.classes), len(labels), in_memory=True)
 
 
 # ----------------------------------------------------------------------------- image files
@@ -234,8 +233,8 @@ def folder_split(train: bool, cfg: DataConfig, input_size: int, in_channels: int
         # a fixed random subset, so that every class can appear in it
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
         ds = torch.utils.data.Subset(ds, keep.sort().values.tolist())
-    return Split(FolderLoader(ds, batch_size, train, seed, cfg.workers), classes, in_channels,
-                 len(ds), in_memory=False)
+    return Split(FolderLoader(ds, batch_size, train, seed, cfg.workers), classes, len(ds),
+                 in_memory=False)
 
 
 def is_fashion_mnist(cfg: DataConfig) -> bool:
@@ -252,8 +251,6 @@ def load_split(train: bool, cfg: DataConfig, input_size: int, in_channels: int,
 
 def write_samples(cfg: DataConfig, count: int, out: str | Path) -> list[Path]:
     """Write the first `count` Fashion-MNIST test images as PNGs named INDEX_CLASS.png."""
-    from torchvision.io import write_png
-
     if not is_fashion_mnist(cfg):
         raise UserError(f"{cfg.name}: samples are for fashion-mnist; an image folder has its own files")
     ds = fashion_mnist(False, cfg)
@@ -263,6 +260,6 @@ def write_samples(cfg: DataConfig, count: int, out: str | Path) -> list[Path]:
     for i in range(min(count, len(ds))):
         name = ds.classes[int(ds.targets[i])].replace("/", "-").replace(" ", "_")
         path = out / f"{i:05d}_{name}.png"
-        write_png(ds.data[i].unsqueeze(0), str(path))
+        Image.fromarray(ds.data[i].numpy(), mode="L").save(path)
         paths.append(path)
     return paths

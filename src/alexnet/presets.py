@@ -26,9 +26,10 @@ FASHION_MNIST_DATA = DataConfig(name=FASHION_MNIST, resize=28, mean=FASHION_MNIS
 FASHION_MNIST_TRAIN = TrainConfig(
     epochs=10,            # what fits in ~5 minutes of training on 2 cores
     batch_size=128,       # §5
-    lr=0.02,              # with He init; tuned on the validation split
+    lr=0.04,              # with He init; tuned on the validation split (docs/BENCHMARKS.md)
     schedule="onecycle",  # a fixed short budget: warm-up + cosine to zero, no plateaus to wait for
     warmup_epochs=1.0,
+    label_smoothing=0.1,  # not in the paper; +0.2 points here in ten epochs
     amp="bf16",           # bf16 autocast: faster than fp32 on CPUs with AVX512-BF16/AMX
     out="runs/fashion-mnist",
 )

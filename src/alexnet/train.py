@@ -100,6 +100,11 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
     if ckpt is not None:  # the model is the checkpoint's; the rest may change (e.g. more epochs)
         cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
 
+    if ckpt is None:  # the data decides the input channels; the class count comes below
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
+    elif cfg.model.in_channels != cfg.data.channels:
+        raise UserError(f"{resume}: a {cfg.model.in_channels}-channel model cannot train on "
+                        f"{cfg.data.channels}-channel data {cfg.data.name}")
     m = cfg.model
     train_split = load_split(True, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_train)
     val_split = load_split(False, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_val)
@@ -107,8 +112,7 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
         raise UserError(f"{cfg.data.name}: the training and validation classes differ")
     classes = train_split.classes
     if ckpt is None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            m, num_classes=len(classes), in_channels=train_split.in_channels))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=len(classes)))
         model = AlexNet(cfg.model)
     else:
         if list(ckpt["classes"]) != classes:

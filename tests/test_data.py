@@ -44,7 +44,7 @@ def test_samples_are_the_test_images(fashion_dir, tmp_path):
     assert [p.name.split("_", 1)[0] for p in paths] == ["00000", "00001", "00002"]
     for i, p in enumerate(paths):
         img = load_image(p, channels=1)
-        assert torch.equal(torch.from_numpy(np.asarray(img)), test.data[i])
+        assert torch.equal(torch.from_numpy(np.array(img)), test.data[i])
 
 
 def test_load_image_converts_modes(photos):

@@ -104,7 +104,7 @@ def test_summary_json(capsys):
     s = json.loads(out)
     assert s["params"] == 60_965_224 and round(s["macs"] / 1e6) == 724
     rc, out, _ = run(capsys, "summary", "--model", "small")
-    assert rc == 0 and "2,161,514" in out
+    assert rc == 0 and "1,218,514" in out
 
 
 # ------------------------------------------------------------------------ bad input
@@ -166,6 +166,13 @@ def test_pickle_that_runs_code_is_refused(capsys, tmp_path, photos):
     rc, _, err = run(capsys, "predict", evil, photos["astronaut.jpg"])
     _one_line_error(rc, err, str(evil), "refused")
     assert not marker.exists()
+
+
+def test_bad_options(capsys, fashion_dir):
+    rc, _, err = run(capsys, "train", "--data-dir", fashion_dir, "--dropout", "1.5")
+    _one_line_error(rc, err, "dropout")
+    rc, _, err = run(capsys, "train", "--data-dir", fashion_dir, "--model", "paper", "--input-size", "32")
+    _one_line_error(rc, err, "too small")
 
 
 def test_missing_folder_data(capsys, tmp_path):

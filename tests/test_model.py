@@ -19,9 +19,9 @@ def test_owt_matches_torchvision_count():
 
 
 def test_small_parameter_count_golden():
-    # conv 1*48*25+48, 24*128*25+128, 128*192*9+192, 96*192*9+192, 96*128*9+128,
-    # fc 512*1024+1024, 1024*1024+1024, 1024*10+10
-    assert count_parameters(build_model("small")) == 2_161_514
+    # conv 1*36*25+36, 18*96*25+96, 96*144*9+144, 72*144*9+144, 72*96*9+96,
+    # fc 384*768+768, 768*768+768, 768*10+10
+    assert count_parameters(build_model("small")) == 1_218_514
 
 
 def _shapes(model):
@@ -79,6 +79,12 @@ def test_width_multiplier_and_channels():
     assert convs[0].in_channels == 1
     assert m.classifier[-1].out_features == 10
     assert m(torch.zeros(2, 1, 227, 227)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0.1, 0.25, 0.3, 1.7])
+def test_any_width_builds(width):
+    m = build_model("small", width=width)
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])
@@ -146,5 +152,5 @@ def test_owt_is_torchvision_alexnet():
 def test_penultimate_is_fc7():
     m = build_model("small").eval()
     x = torch.randn(2, 1, 28, 28)
-    assert m.penultimate(x).shape == (2, 1024)
+    assert m.penultimate(x).shape == (2, 768)
     torch.testing.assert_close(m.classifier[-1](m.penultimate(x)), m(x))

@@ -57,6 +57,7 @@ class Split:
     classes: list[str]
     size: int               # number of images
     in_memory: bool         # images are raw and augmentation happens on the device
+    workers: int = 0        # DataLoader worker processes
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -233,8 +234,8 @@ def folder_split(train: bool, cfg: DataConfig, input_size: int, in_channels: int
         # a fixed random subset, so that every class can appear in it
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
         ds = torch.utils.data.Subset(ds, keep.sort().values.tolist())
-    return Split(FolderLoader(ds, batch_size, train, seed, cfg.workers), classes, len(ds),
-                 in_memory=False)
+    loader = FolderLoader(ds, batch_size, train, seed, cfg.workers)
+    return Split(loader, classes, len(ds), in_memory=False, workers=loader.loader.num_workers)
 
 
 def is_fashion_mnist(cfg: DataConfig) -> bool:

@@ -97,14 +97,13 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None:  # the model is the checkpoint's; the rest may change (e.g. more epochs)
-        cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
-
     if ckpt is None:  # the data decides the input channels; the class count comes below
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
-    elif cfg.model.in_channels != cfg.data.channels:
-        raise UserError(f"{resume}: a {cfg.model.in_channels}-channel model cannot train on "
-                        f"{cfg.data.channels}-channel data {cfg.data.name}")
+    else:  # the model is the checkpoint's; the rest may change (e.g. more epochs)
+        cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
+        if cfg.model.in_channels != cfg.data.channels:
+            raise UserError(f"{resume}: a {cfg.model.in_channels}-channel model cannot train on "
+                            f"{cfg.data.channels}-channel data {cfg.data.name}")
     m = cfg.model
     train_split = load_split(True, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_train)
     val_split = load_split(False, cfg.data, m.input_size, m.in_channels, t.batch_size, t.seed, limit_val)
@@ -113,7 +112,10 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
     classes = train_split.classes
     if ckpt is None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=len(classes)))
-        model = AlexNet(cfg.model)
+        try:
+            model = AlexNet(cfg.model)
+        except ValueError as e:  # e.g. an input too small for the variant
+            raise UserError(str(e)) from e
     else:
         if list(ckpt["classes"]) != classes:
             raise UserError(f"{resume}: trained on other classes than {cfg.data.name}")
@@ -139,11 +141,10 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
     preprocess = Preprocess(cfg.data.mean, cfg.data.std, m.input_size, device, t.channels_last,
                             augment=train_split.in_memory and cfg.data.augment,
                             translate=cfg.data.translate)
-    workers = getattr(getattr(train_split.loader, "loader", None), "num_workers", 0)
     _log(f"alexnet: model {m.name} ({count_parameters(model):,} parameters), "
          f"{train_split.size:,} training / {val_split.size:,} validation images, "
          f"{len(classes)} classes, device {device}, precision {t.amp if t.amp != 'off' else 'fp32'}, "
-         f"{'channels_last, ' if t.channels_last else ''}loader workers {workers}, "
+         f"{'channels_last, ' if t.channels_last else ''}loader workers {train_split.workers}, "
          f"torch threads {torch.get_num_threads()}, out {out}")
 
     val = {}

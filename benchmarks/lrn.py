@@ -22,8 +22,8 @@ from alexnet.runtime import tune_allocator
 SHAPES = {  # (C, H, W) of the LRN inputs
     "paper conv1": (96, 55, 55),
     "paper conv2": (256, 27, 27),
-    "small conv1": (48, 24, 24),
-    "small conv2": (128, 11, 11),
+    "small conv1": (36, 24, 24),
+    "small conv2": (96, 11, 11),
 }
 
 

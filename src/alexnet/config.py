@@ -17,8 +17,20 @@ INITS = ("paper", "caffe", "torch", "kaiming")
 DROPOUT_PLACEMENTS = ("output", "input")
 
 
+class _Dictable:
+    """to_dict / from_dict for the frozen config dataclasses (JSON and checkpoints)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # ignores retired fields
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Dictable):
     name: str = "paper"          # variant: paper | paper-ungrouped | owt | small (model.ARCHITECTURES)
     num_classes: int = 1000      # fc8 outputs: the 1000 ILSVRC classes (§2)
     in_channels: int = 3         # RGB (§3.5); 1 for grayscale data such as Fashion-MNIST
@@ -47,17 +59,10 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"{message}, got {self}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Dictable):
     name: str = "fashion-mnist"  # "fashion-mnist" or the path of an ImageNet-style folder
     data_dir: str | None = None  # where Fashion-MNIST's IDX files are (default: Debian's folder)
     download: bool = False       # let torchvision download Fashion-MNIST (needs a network)
@@ -78,18 +83,13 @@ class DataConfig:
         """Image channels the data is read with: one mean per channel."""
         return len(self.mean)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items() if k in known}
-        return cls(**d)
+        return super().from_dict({k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Dictable):
     epochs: int = 90             # §5 "roughly 90 cycles" through the training set
     batch_size: int = 128        # §5
     lr: float = 0.01             # §5 the same for every layer
@@ -108,14 +108,6 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/alexnet"
     log_every: int = 20          # progress-bar refresh, in steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)

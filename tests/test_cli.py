@@ -3,10 +3,8 @@
 import csv
 import json
 import os
-import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -85,8 +85,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except Exception as e:  # noqa: BLE001 - garbage bytes fail deep in the unpickler, any type
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not an alexnet checkpoint (a raw state dict? "
-                        "torchvision weights go through `alexnet import-torchvision`)")
+        raise UserError(f"{path}: not an alexnet checkpoint (no config and class names; "
+                        "a bare state dict?)")
     return ckpt
 
 

@@ -58,3 +58,60 @@ def photos(tmp_path_factory) -> dict:
     gray16 = (skdata.camera().astype(np.uint16) * 257)
     save("camera_16bit.png", Image.fromarray(gray16))
     return files
+
+
+WNIDS = {"n02123045": "tabby", "n04266014": "space shuttle", "n07920052": "espresso"}
+
+
+@pytest.fixture(scope="session")
+def imagenet(tmp_path_factory) -> Path:
+    """A tiny ImageNet in the official layouts, from scikit-image's real photos.
+
+    ROOT/train/<wnid>/*.JPEG (RGB, grayscale and CMYK JPEGs, a PNG named .JPEG, several
+    sizes), ROOT/val/<wnid>/*.JPEG, and the same validation images flat in
+    ROOT/val_flat/ILSVRC2012_val_0000000N.JPEG with LOC_val_solution.csv, the devkit's
+    ILSVRC2012_validation_ground_truth.txt and a meta.mat.
+    """
+    import numpy as np
+    import scipy.io
+    from PIL import Image
+    from skimage import data as skdata
+
+    root = tmp_path_factory.mktemp("imagenet")
+    photos = {"n02123045": skdata.chelsea(), "n04266014": skdata.rocket(), "n07920052": skdata.coffee()}
+    modes = ["RGB", "L", "CMYK", "PNG"]
+    val_rows, val_ids = [], []
+    ids = {w: i + 1 for i, w in enumerate(reversed(sorted(WNIDS)))}  # ID order != sorted order
+    k = 0
+    for wnid, arr in photos.items():
+        img = Image.fromarray(arr)
+        w, h = img.size
+        for i in range(6):
+            crop = img.crop((i * 9, i * 6, w - i * 5, h - i * 7)).resize((280 + 37 * i, 260 + 23 * (5 - i)))
+            split = "train" if i < 4 else "val"
+            d = root / split / wnid
+            d.mkdir(parents=True, exist_ok=True)
+            mode = modes[i % 4] if split == "train" else "RGB"
+            path = d / f"{wnid}_{i}.JPEG"
+            if mode == "PNG":
+                crop.save(path, format="PNG")  # a PNG disguised as JPEG, as in ImageNet
+            else:
+                crop.convert(mode).save(path, format="JPEG", quality=90)
+            if split == "val":
+                k += 1
+                flat = root / "val_flat"
+                flat.mkdir(exist_ok=True)
+                name = f"ILSVRC2012_val_{k:08d}"
+                crop.save(flat / f"{name}.JPEG", format="JPEG", quality=90)
+                val_rows.append(f"{name},{wnid} 1 2 3 4")
+                val_ids.append(ids[wnid])
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(val_rows) + "\n")
+    devkit = root / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(map(str, val_ids)) + "\n")
+    synsets = np.array([(ids[w], w, f"{WNIDS[w]}, more words", "gloss", 0) for w in WNIDS] +
+                       [(1001, "n00001740", "entity", "gloss", 3)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"),
+                              ("num_children", "O")])
+    scipy.io.savemat(devkit / "meta.mat", {"synsets": synsets})
+    return root

@@ -34,7 +34,7 @@ def test_train_evaluate_predict_on_a_folder(folder, tmp_path, capsys):
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["num_classes"] == 3 and cfg["model"]["in_channels"] == 3
-    assert cfg["data"]["resize"] == 256
+    assert cfg["data"]["resize"] == 72  # 64 * 256 / 227: the paper's crop margin
     capsys.readouterr()
     assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

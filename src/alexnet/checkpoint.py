@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ FORMAT = "alexnet-checkpoint"
 VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,15 +51,21 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **state}, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **state}, tmp))
 
 
-def save_weights(path: str | Path, model: AlexNet, run_config: RunConfig, classes: list[str]) -> None:
+MEAN_IMAGE_KEY = "data.mean_image"  # the training set's mean image, beside the weights
+
+
+def save_weights(path: str | Path, model: AlexNet, run_config: RunConfig, classes: list[str],
+                 mean_image: torch.Tensor | None = None, class_names: list[str] | None = None) -> None:
     """The model's weights as safetensors; config and class names go in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if mean_image is not None:
+        tensors[MEAN_IMAGE_KEY] = mean_image.contiguous().cpu()
     metadata = {"format": FORMAT, "config": json.dumps(run_config.to_dict()),
-                "classes": json.dumps(classes)}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+                "classes": json.dumps(classes), "class_names": json.dumps(class_names or classes)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _check_file(path: Path) -> None:
@@ -98,7 +105,10 @@ def _load_safetensors(path: Path) -> dict:
         if meta.get("format") != FORMAT:
             raise UserError(f"{path}: safetensors file without alexnet metadata (config, classes)")
         return {"format": FORMAT, "config": json.loads(meta["config"]),
-                "classes": json.loads(meta["classes"]), "model": state}
+                "classes": json.loads(meta["classes"]),
+                "class_names": json.loads(meta.get("class_names", meta["classes"])),
+                "mean_image": state.pop(MEAN_IMAGE_KEY, None),
+                "model": state}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from e
 
@@ -114,8 +124,25 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AlexNe
     return model
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:
-    """Model (in eval mode, on `device`), its run config and class names from a checkpoint."""
+@dataclass
+class Inference:
+    """What evaluation and prediction need from a checkpoint."""
+    model: AlexNet                    # in eval mode, on the device
+    config: RunConfig
+    classes: list[str]                # as the data names them (folder names, wnids)
+    class_names: list[str]            # for people (ImageNet: "tench" for n01440764)
+    mean_image: torch.Tensor | None   # the training set's, if the model was trained with one
+
+
+def load_inference(path: str | Path, device: torch.device) -> Inference:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
-    return model, RunConfig.from_dict(ckpt["config"]), list(ckpt["classes"])
+    classes = list(ckpt["classes"])
+    return Inference(model, RunConfig.from_dict(ckpt["config"]), classes,
+                     list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:
+    """Model (in eval mode, on `device`), its run config and class names from a checkpoint."""
+    loaded = load_inference(path, device)
+    return loaded.model, loaded.config, loaded.classes

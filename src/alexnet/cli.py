@@ -1,8 +1,9 @@
-"""The `alexnet` command: train, evaluate, predict, summary."""
+"""The `alexnet` command: train, evaluate, predict, summary, import-torchvision, export."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -10,7 +11,7 @@ from .config import ACTIVATIONS, INITS, POOLINGS
 from .engine import AMP_DTYPES
 from .errors import UserError
 
-SCHEDULES = ("step", "onecycle")
+SCHEDULES = ("plateau", "step", "onecycle")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,19 @@ def _print_json_or(args, result, text: str) -> None:
     print(json.dumps(result, indent=2) if args.json else text)
 
 
+def _read_pca(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        d = json.loads(open(path).read())
+        eigval, eigvec = tuple(map(float, d["eigval"])), tuple(tuple(map(float, r)) for r in d["eigvec"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a PCA file from `alexnet pca` ({e})") from e
+    if len(eigval) != 3 or len(eigvec) != 3 or any(len(r) != 3 for r in eigvec):
+        raise UserError(f"{path}: needs 3 eigenvalues and a 3x3 eigenvector matrix")
+    return {"pca_eigval": eigval, "pca_eigvec": eigvec}
+
+
 def cmd_train(args) -> None:
     from .presets import resolve
     from .train import train
@@ -46,13 +60,17 @@ def cmd_train(args) -> None:
     cfg = resolve(
         args.data, _model_options(args),
         {"data_dir": args.data_dir, "download": args.download or None, "workers": args.workers,
-         "augment": args.augment, "translate": args.translate},
+         "augment": args.augment, "translate": args.translate, "resize": args.resize,
+         "mean_image": args.mean_image, "lighting": args.lighting, **_read_pca(args.pca),
+         "val_labels": args.val_labels, "synsets": args.synsets},
         {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
          "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
          "step_epochs": args.step_epochs, "warmup_epochs": args.warmup_epochs,
+         "plateau_patience": args.plateau_patience, "momentum_rule": args.momentum_rule,
          "label_smoothing": args.label_smoothing, "amp": args.amp,
          "channels_last": args.channels_last, "device": args.device, "seed": args.seed,
-         "out": args.out})
+         "out": args.out},
+        recipe=args.recipe)
     result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val)
     val = result["val"]
     if val:
@@ -64,8 +82,9 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.batch_size,
-                            args.device, args.amp, args.limit)
+                            args.device, args.amp, args.limit, args.ten_crop)
     _print_json_or(args, r, f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
+                   f"{'10 patches' if args.ten_crop else 'centre patch'}, "
                    f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
                    f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})")
 
@@ -77,7 +96,8 @@ def cmd_predict(args) -> None:
     lines = []
     for r in results:
         lines.append(r["image"])
-        lines += [f"  {p['probability']:7.2%}  {p['class']}" for p in r["predictions"]]
+        lines += [f"  {p['probability']:7.2%}  {p['name']}"
+                  + (f" ({p['class']})" if p["name"] != p["class"] else "") for p in r["predictions"]]
     _print_json_or(args, results, "\n".join(lines))
 
 
@@ -100,12 +120,44 @@ def cmd_summary(args) -> None:
     _print_json_or(args, s, "\n".join(lines))
 
 
+def cmd_pca(args) -> None:
+    from .presets import data_defaults
+    from .data import load_split
+    from .stats import rgb_pca
+
+    cfg = dataclasses.replace(data_defaults(args.data), data_dir=args.data_dir, workers=args.workers)
+    if cfg.channels != 3:
+        raise UserError(f"{args.data}: PCA lighting needs RGB images")
+    eigval, eigvec = rgb_pca(load_split(True, cfg, 64, limit=args.limit, ordered=True))
+    result = {"data": args.data, "eigval": eigval, "eigvec": eigvec}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
 def cmd_samples(args) -> None:
     from .config import DataConfig
     from .data import write_samples
 
     paths = write_samples(DataConfig(name=args.data, data_dir=args.data_dir), args.count, args.out)
     print("\n".join(str(p) for p in paths))
+
+
+def cmd_import_torchvision(args) -> None:
+    from .interop import import_torchvision
+
+    r = import_torchvision(args.weights, args.out, args.classes)
+    print(f"{r['checkpoint']}: owt model with {r['classes']} classes from {r['weights']}")
+
+
+def cmd_export(args) -> None:
+    from .interop import export_onnx
+
+    r = export_onnx(args.checkpoint, args.onnx, args.batch_size)
+    print(f"{r['onnx']}: input {' x '.join(str(d) for d in r['input'])} (preprocessed float), "
+          f"logits for {r['classes']} classes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,9 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_options(p)
+    p.add_argument("--recipe", choices=["paper", "fashion-mnist"],
+                   help="paper: the 2012 recipe (default for image folders); fashion-mnist: "
+                   "the 5-minute CPU recipe (default for fashion-mnist); see presets.py")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, or an ImageNet-style folder with train/<class>/ and val/<class>/")
+    g.add_argument("--resize", type=int, help="shorter side, then the central square (§2: 256)")
+    g.add_argument("--mean-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="subtract the training set's per-pixel mean image (§2); "
+                   "--no-mean-image: the per-channel mean")
+    g.add_argument("--lighting", type=float, help="PCA lighting alpha std (§4.1: 0.1; 0 = off)")
+    g.add_argument("--pca", metavar="FILE", help="eigenvalues/vectors from `alexnet pca` "
+                   "(default: ImageNet's)")
+    g.add_argument("--val-labels", metavar="FILE", help="ground truth of a flat val/ folder: "
+                   "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
+    g.add_argument("--synsets", metavar="FILE", help="synset order for the devkit ground truth: "
+                   "meta.mat or one wnid per line in ILSVRC2012_ID order")
     g.add_argument("--data-dir", help="folder with Fashion-MNIST's IDX files (default: Debian's)")
     g.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST")
     g.add_argument("--workers", type=int, help="DataLoader workers for folders (default: cores - 1)")
@@ -135,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--step-epochs", type=int, help="epochs between /10 drops (--schedule step)")
     g.add_argument("--warmup-epochs", type=float, help="warm-up length (--schedule onecycle)")
+    g.add_argument("--plateau-patience", type=int, help="epochs without improvement before a "
+                   "drop (--schedule plateau)")
+    g.add_argument("--momentum-rule", choices=["paper", "pytorch"],
+                   help="momentum across lr drops: §5's (velocity) or torch.optim.SGD's")
     g.add_argument("--label-smoothing", type=float)
     g = p.add_argument_group("run")
     g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast precision (off = fp32)")
@@ -153,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=list(AMP_DTYPES), help="default: the checkpoint's")
     p.add_argument("--limit", type=int, help="evaluate only this many images")
+    p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over the "
+                   "4 corner and centre patches and their mirrors (default: centre only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -171,12 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("pca", help="eigenvalues/vectors of a folder's RGB covariance (§4.1)")
+    p.add_argument("data", help="ImageNet-style folder (its train/ split is used)")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit", type=int, help="use this many training images (a fixed random subset)")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--out", help="write the JSON here too (for train --pca)")
+    p.set_defaults(func=cmd_pca)
+
     p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir")
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--out", default="samples")
     p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("import-torchvision", help="turn torchvision AlexNet weights into a checkpoint")
+    p.add_argument("weights", metavar="WEIGHTS", help="a torchvision AlexNet state dict, e.g. "
+                   "alexnet-owt-7be5be79.pth")
+    p.add_argument("out", metavar="OUT", help="the alexnet checkpoint to write (.pt)")
+    p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: "
+                   "torchvision's ImageNet names for 1000 classes)")
+    p.set_defaults(func=cmd_import_torchvision)
+
+    p = sub.add_parser("export", help="export a checkpoint's model to ONNX")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch of the example input (the batch axis stays dynamic)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

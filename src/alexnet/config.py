@@ -67,16 +67,31 @@ class DataConfig(_Dictable):
     data_dir: str | None = None  # where Fashion-MNIST's IDX files are (default: Debian's folder)
     download: bool = False       # let torchvision download Fashion-MNIST (needs a network)
     resize: int = 256            # §2 shorter side to 256, then the central 256x256 patch
-    # Per-channel mean and std in 0..255 pixel units. The paper subtracts the training
-    # set's mean image and does not divide (§2); the per-channel mean is the usual
-    # stand-in (issue 3 adds the per-pixel mean).
+    # §2: subtract the training set's per-pixel mean image (computed once, cached; see
+    # meanimage.py). Off: subtract the per-channel `mean` below instead.
+    mean_image: bool = True
+    # Per-channel mean and std in 0..255 pixel units. The paper divides by nothing
+    # (std 1); the per-channel mean is the documented stand-in for the mean image.
     mean: tuple[float, ...] = (123.68, 116.78, 103.94)  # ImageNet RGB mean
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)            # 1 = no division, as in the paper
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     augment: bool = True         # §4.1 random crops and horizontal mirrors for training
-    # In-memory (small-image) data: random translation by up to this many pixels plus a
-    # mirror, the small-image analogue of §4.1's random 227 crops of the 256 image.
-    translate: int = 2
+    # Random shifts of up to this many pixels when the crop is the whole image (small
+    # images, where there is no 256 -> 227 margin to crop from).
+    translate: int = 0
+    # §4.1 PCA lighting: std of alpha (0 = off; RGB only) and the RGB covariance's
+    # eigenvalues / eigenvectors (columns), for RGB in [0, 1]: ImageNet's by default,
+    # `alexnet pca DATA` computes them for other data.
+    lighting: float = 0.1
+    pca_eigval: tuple[float, ...] = (0.2175, 0.0188, 0.0045)
+    pca_eigvec: tuple[tuple[float, ...], ...] = ((-0.5675, 0.7192, 0.4009),
+                                                 (-0.5808, -0.0045, -0.8140),
+                                                 (-0.5836, -0.6948, 0.4203))
     workers: int = -1            # DataLoader workers for image folders; -1 = choose for the machine
+    # ILSVRC's flat val/ folder: its ground truth (LOC_val_solution.csv or the devkit's
+    # ILSVRC2012_validation_ground_truth.txt) and, for the latter, the synset order
+    # (meta.mat or wnids in ID order). Default: looked for in the data folder (imagenet.py).
+    val_labels: str | None = None
+    synsets: str | None = None
 
     @property
     def channels(self) -> int:
@@ -85,7 +100,9 @@ class DataConfig(_Dictable):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
-        return super().from_dict({k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
+        tuples = {"mean": tuple, "std": tuple, "pca_eigval": tuple,
+                  "pca_eigvec": lambda rows: tuple(tuple(r) for r in rows)}
+        return super().from_dict({k: tuples[k](v) if k in tuples else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -95,11 +112,17 @@ class TrainConfig(_Dictable):
     lr: float = 0.01             # §5 the same for every layer
     momentum: float = 0.9        # §5
     weight_decay: float = 5e-4   # §5
-    # "step": lr / 10 every `step_epochs` (Caffe/torchvision style stand-in for the paper's
-    # "divide by 10 when the validation error stops improving", §5, which is issue 3);
-    # "onecycle": linear warm-up then cosine decay to zero, for short fixed-length runs.
-    schedule: str = "step"
-    step_epochs: int = 30        # epochs between /10 drops for "step" (3 drops in 90 epochs, §5)
+    # "plateau" (§5): lr / 10 when the validation error stops improving, `lr_drops` times,
+    # then stop at the next plateau. "step": lr / 10 every `step_epochs` (Caffe/torchvision,
+    # fixed length). "onecycle": linear warm-up then cosine to zero, for short fixed budgets.
+    schedule: str = "plateau"
+    plateau_patience: int = 3    # epochs without improvement before a drop (not in the paper: ours)
+    plateau_threshold: float = 0.002  # an improvement is a fall of 0.2 points of top-1 error
+    lr_drops: int = 3            # §5 "reduced three times prior to termination"
+    step_epochs: int = 30        # epochs between /10 drops for "step" (3 drops in 90 epochs)
+    # "paper": §5's momentum rule across drops (velocity in weight units); "pytorch":
+    # torch.optim.SGD's (momentum in gradient units). Same while the lr is constant.
+    momentum_rule: str = "paper"
     warmup_epochs: float = 0.0   # linear warm-up length for "onecycle"
     label_smoothing: float = 0.0  # 0 in the paper
     amp: str = "off"             # autocast dtype: "off" (fp32), "bf16" or "fp16" (fp16 CUDA only)

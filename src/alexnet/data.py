@@ -1,8 +1,8 @@
 """Datasets and loaders: Fashion-MNIST (the embedded default) and ImageNet-style folders.
 
-Every loader yields (uint8 images N x C x H x W, int64 labels); conversion to float,
-mean subtraction and (for in-memory data) augmentation happen on the training device in
-`augment.py`, so the host ships 4x fewer bytes and a GPU does the arithmetic.
+Every loader yields (uint8 images N x C x H x W, int64 labels) at the data's stored size;
+conversion to float, mean subtraction, crops, mirrors and lighting happen on the training
+device in `augment.py`, so the host ships 4x fewer bytes and a GPU does the arithmetic.
 
 - Fashion-MNIST is read with torchvision.datasets.FashionMNIST from Debian's package
   (`dataset-fashion-mnist`, gzipped IDX files in /usr/share/datasets/fashion-mnist) or
@@ -10,14 +10,14 @@ mean subtraction and (for in-memory data) augmentation happen on the training de
   only uncompressed files. torchvision downloads only with `--download`.
 - An ImageNet-style folder (PATH/train/<class>/*, PATH/val/<class>/*) is read lazily
   with torchvision.datasets.ImageFolder and transforms v2 (§2: shorter side to 256, the
-  central 256x256 patch; §4.1: random 227 crops and mirrors for training, the centre
-  crop for evaluation).
+  central 256x256 patch); the 227 crops of §4.1 are taken on the device.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 
 from .config import DataConfig
 from .errors import UserError
+from .imagenet import FlatFolder, val_labels
 
 FASHION_MNIST = "fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -56,7 +57,7 @@ class Split:
     loader: object          # iterable of (uint8 N x C x H x W, int64 N); has set_epoch(e)
     classes: list[str]
     size: int               # number of images
-    in_memory: bool         # images are raw and augmentation happens on the device
+    fingerprint: str        # identifies the images (cache key of the mean image)
     workers: int = 0        # DataLoader worker processes
 
 
@@ -146,13 +147,15 @@ class InMemoryLoader:
 
 
 def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
-                        limit: int | None = None) -> Split:
+                        limit: int | None = None, ordered: bool = False) -> Split:
     ds = fashion_mnist(train, cfg)
     images, labels = ds.data.unsqueeze(1), ds.targets
     if limit:
         images, labels = images[:limit], labels[:limit]
-    loader = InMemoryLoader(images, labels, batch_size, shuffle=train, seed=seed, drop_last=train)
-    return Split(loader, list(ds.classes), len(labels), in_memory=True)
+    shuffle = train and not ordered
+    loader = InMemoryLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, drop_last=shuffle)
+    name = f"fashion-mnist-{'train' if train else 'test'}-{len(labels)}"
+    return Split(loader, list(ds.classes), len(labels), fingerprint=name)
 
 
 # ----------------------------------------------------------------------------- image files
@@ -178,15 +181,9 @@ def load_image(path: str | Path, channels: int) -> Image.Image:
         raise UserError(f"{path}: not a readable image ({e})") from e
 
 
-def train_transform(input_size: int, resize: int) -> v2.Transform:
-    """§2 and §4.1: shorter side to `resize`, central square, random crop, mirror."""
-    return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize),
-                       v2.RandomCrop(input_size), v2.RandomHorizontalFlip()])
-
-
-def eval_transform(input_size: int, resize: int) -> v2.Transform:
-    """§2: shorter side to `resize`, then the centre `input_size` crop."""
-    return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(input_size)])
+def stored_transform(resize: int) -> v2.Transform:
+    """§2: shorter side to `resize`, then the central resize x resize patch, as uint8."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize)])
 
 
 def default_workers() -> int:
@@ -197,12 +194,12 @@ def default_workers() -> int:
 class FolderLoader:
     """A DataLoader whose shuffling order and augmentation seeds come from (seed, epoch)."""
 
-    def __init__(self, dataset, batch_size: int, train: bool, seed: int, workers: int):
+    def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int, workers: int):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         workers = default_workers() if workers < 0 else workers
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
+            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
             generator=self.generator)
 
@@ -216,38 +213,50 @@ class FolderLoader:
         return iter(self.loader)
 
 
-def folder_split(train: bool, cfg: DataConfig, input_size: int, in_channels: int,
-                 batch_size: int, seed: int, limit: int | None = None) -> Split:
+def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
+                 limit: int | None = None, ordered: bool = False) -> Split:
     root = Path(cfg.name)
     split_dir = root / ("train" if train else "val")
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: no such directory (expected {root}/train/<class>/* "
                         f"and {root}/val/<class>/*)")
-    transform = (train_transform if train and cfg.augment else eval_transform)(input_size, cfg.resize)
+    load = functools.partial(load_image, channels=cfg.channels)
     try:
-        ds = datasets.ImageFolder(str(split_dir), transform=transform,
-                                  loader=functools.partial(load_image, channels=in_channels))
+        if train or any(e.is_dir() for e in os.scandir(split_dir)):  # <split>/<class>/*
+            ds = datasets.ImageFolder(str(split_dir), transform=stored_transform(cfg.resize), loader=load)
+        else:  # ILSVRC's flat val/ folder with a ground-truth file
+            classes, _ = datasets.folder.find_classes(str(root / "train"))
+            labels = val_labels(root, cfg.val_labels, cfg.synsets)
+            ds = FlatFolder(split_dir, labels, classes, load, stored_transform(cfg.resize))
     except (FileNotFoundError, OSError) as e:
         raise UserError(f"{split_dir}: {e}") from e
     classes = list(ds.classes)
+    paths = [p for p, _ in ds.samples]
     if limit:
         # a fixed random subset, so that every class can appear in it
-        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
-        ds = torch.utils.data.Subset(ds, keep.sort().values.tolist())
-    loader = FolderLoader(ds, batch_size, train, seed, cfg.workers)
-    return Split(loader, classes, len(ds), in_memory=False, workers=loader.loader.num_workers)
+        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        ds = torch.utils.data.Subset(ds, keep.tolist())
+        paths = [paths[i] for i in keep.tolist()]
+    loader = FolderLoader(ds, batch_size, train and not ordered, seed, cfg.workers)
+    digest = hashlib.sha1("\n".join(os.path.relpath(p, split_dir) for p in paths).encode()).hexdigest()
+    return Split(loader, classes, len(ds), fingerprint=f"{len(paths)}-{digest[:16]}",
+                 workers=loader.loader.num_workers)
 
 
 def is_fashion_mnist(cfg: DataConfig) -> bool:
     return cfg.name == FASHION_MNIST
 
 
-def load_split(train: bool, cfg: DataConfig, input_size: int, in_channels: int,
-               batch_size: int, seed: int = 0, limit: int | None = None) -> Split:
-    """The training (train=True) or validation/test split named by cfg."""
+def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
+               limit: int | None = None, ordered: bool = False) -> Split:
+    """The training (train=True) or validation/test split named by cfg.
+
+    The training split is shuffled (from seed and epoch) and drops its last partial
+    batch, unless `ordered`: every image once in file order, for statistics.
+    """
     if is_fashion_mnist(cfg):
-        return fashion_mnist_split(train, cfg, batch_size, seed, limit)
-    return folder_split(train, cfg, input_size, in_channels, batch_size, seed, limit)
+        return fashion_mnist_split(train, cfg, batch_size, seed, limit, ordered)
+    return folder_split(train, cfg, batch_size, seed, limit, ordered)
 
 
 def write_samples(cfg: DataConfig, count: int, out: str | Path) -> list[Path]:

@@ -68,7 +68,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        if scheduler is not None:  # per-step schedules; the plateau rule steps per epoch
+            scheduler.step()
         n = labels.shape[0]
         loss_sum += loss.detach() * n
         correct_sum += (logits.detach().argmax(1) == labels).sum()
@@ -93,20 +94,30 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
 
 
 @torch.no_grad()
-def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "eval") -> dict:
-    """Top-1 and top-5 accuracy and error, mean loss, and the number of images."""
+def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "eval",
+             ten_crop: bool = False) -> dict:
+    """Top-1 and top-5 accuracy and error, mean loss, and the number of images.
+
+    ten_crop: §4.1's test, the softmax averaged over the four corner and centre patches
+    and their mirrors; otherwise the centre patch alone.
+    """
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
-        images = preprocess(images.to(device, non_blocking=True), train=False)
+        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        c1, c5 = topk_correct(logits, labels)
+        views = preprocess.ten_crop(images) if ten_crop else [preprocess(images, train=False)]
+        log_probs = []
+        for view in views:
+            with autocast(device, amp):
+                log_probs.append(torch.log_softmax(model(view).float(), dim=1))
+        # log of the mean softmax over the views, computed stably
+        log_mean = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(views))
+        loss_sum += float(F.nll_loss(log_mean, labels, reduction="sum"))
+        c1, c5 = topk_correct(log_mean, labels)
         top1, top5, seen = top1 + c1, top5 + c5, seen + labels.shape[0]
     n = max(seen, 1)
     return {"images": seen, "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,
             "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
-            "seconds": time.perf_counter() - start}
+            "patches": 10 if ten_crop else 1, "seconds": time.perf_counter() - start}

@@ -54,16 +54,20 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
+def _denominator(x: torch.Tensor, band: torch.Tensor, k: float, alpha: float):
+    """x in the compute type, and d = k + alpha * (windowed sum of x^2)."""
+    xf = x.to(_compute_dtype(x))
+    return xf, _channel_window_sum(xf * xf, band.to(xf.dtype) * alpha, bias=k)
+
+
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, band, k: float, alpha: float, beta: float):
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.to(_compute_dtype(x))
-            band = band.to(xf.dtype)
-            denom = _channel_window_sum(xf * xf, band * alpha, bias=k)  # k + alpha * sum a^2
+            xf, denom = _denominator(x, band, k, alpha)
             scale = denom.pow(-beta)                                    # d^-beta
             out = xf * scale
-            ctx.save_for_backward(xf, scale, scale / denom, band)
+            ctx.save_for_backward(xf, scale, scale / denom, band.to(xf.dtype))
         ctx.constants = (alpha, beta)
         return out.to(x.dtype)
 
@@ -78,6 +82,18 @@ class _LRNFunction(torch.autograd.Function):
             grad = g * scale
             grad.addcmul_(xf, _channel_window_sum(t, band), value=-2.0 * alpha * beta)
         return grad.to(grad_out.dtype), None, None, None, None
+
+
+def lrn_expression(x: torch.Tensor, band: torch.Tensor, k: float, alpha: float,
+                   beta: float) -> torch.Tensor:
+    """_LRNFunction's forward as plain tensor operations (the same ones, so the same numbers).
+
+    For exporters, which record tensor operations: torch.jit.trace keeps a custom
+    autograd.Function as a Python call it cannot save, and the TorchScript ONNX exporter
+    sees inside it only through its deprecated autograd inlining.
+    """
+    xf, denom = _denominator(x, band, k, alpha)
+    return (xf * denom.pow(-beta)).to(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):
@@ -95,6 +111,8 @@ class LocalResponseNorm(nn.Module):
         self.register_buffer("band", band_matrix(channels, size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return lrn_expression(x, self.band, self.k, self.alpha, self.beta)
         return _LRNFunction.apply(x, self.band, self.k, self.alpha, self.beta)
 
     def extra_repr(self) -> str:

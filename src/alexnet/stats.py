@@ -1,0 +1,77 @@
+"""Training-set statistics from one streaming pass: the per-pixel mean image (§2) and the
+eigen-decomposition of the RGB covariance for PCA lighting (§4.1).
+
+The mean image is cached next to the data (DATA/.alexnet-mean-<resize>.safetensors) or,
+where that folder is read-only, in the run directory, keyed by a fingerprint of the file
+list so that a changed training set is noticed; checkpoints carry it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import safe_open, save_file
+from tqdm import tqdm
+
+from .checkpoint import atomic_write
+from .config import DataConfig
+from .data import Split, cache_dir, is_fashion_mnist
+
+
+def mean_image(split: Split) -> torch.Tensor:
+    """The mean of every image of an ordered split: float32 (C, H, W) in 0..255 units."""
+    total, count = None, 0
+    for images, _ in tqdm(split.loader, desc="mean image", leave=False, dynamic_ncols=True):
+        batch = images.to(torch.float64).sum(0)
+        total = batch if total is None else total + batch
+        count += images.shape[0]
+    if not count:
+        raise ValueError("cannot take the mean of no images")
+    return (total / count).float()
+
+
+def _cache_paths(cfg: DataConfig, run_dir: Path) -> list[Path]:
+    name = f".alexnet-mean-{cfg.resize}.safetensors"
+    home = cache_dir() / "fashion-mnist" if is_fashion_mnist(cfg) else Path(cfg.name)
+    return [home / name, Path(run_dir) / name.lstrip(".")]
+
+
+def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log=print) -> torch.Tensor:
+    """The split's mean image from the cache if it matches the split, else computed and cached."""
+    paths = _cache_paths(cfg, run_dir)
+    for path in paths:
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("fingerprint") == split.fingerprint:
+                    return f.get_tensor("mean_image")
+    log(f"alexnet: computing the mean image of {split.size:,} training images (once)")
+    image = mean_image(split)
+    for path in paths:  # next to the data if writable, else the run directory
+        try:
+            atomic_write(path, lambda tmp: save_file({"mean_image": image}, tmp,
+                                                     metadata={"fingerprint": split.fingerprint}))
+            break
+        except OSError:
+            continue
+    return image
+
+
+def rgb_pca(split: Split) -> tuple[list[float], list[list[float]]]:
+    """Eigenvalues (descending) and eigenvectors (columns) of the 3x3 covariance of the RGB
+    values of every pixel of an ordered split, for RGB in [0, 1] as in PAPER.md."""
+    s1 = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, 3, dtype=torch.float64)
+    n = 0
+    for images, _ in tqdm(split.loader, desc="RGB covariance", leave=False, dynamic_ncols=True):
+        if images.shape[1] != 3:
+            raise ValueError("PCA lighting needs RGB images")
+        px = images.permute(0, 2, 3, 1).reshape(-1, 3).to(torch.float64) / 255.0
+        s1 += px.sum(0)
+        s2 += px.T @ px
+        n += px.shape[0]
+    mean = s1 / n
+    cov = s2 / n - torch.outer(mean, mean)
+    eigval, eigvec = torch.linalg.eigh(cov)  # ascending
+    order = eigval.argsort(descending=True)
+    return eigval[order].tolist(), eigvec[:, order].tolist()

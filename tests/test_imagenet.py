@@ -4,10 +4,8 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from alexnet.cli import main
 from alexnet.config import DataConfig, TrainConfig

@@ -118,6 +118,7 @@ def test_paper_recipe_end_to_end(imagenet, tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["name"] == "paper" and cfg["model"]["init"] == "paper"
     assert cfg["data"]["mean_image"] and cfg["data"]["lighting"] == 0.1
+    assert cfg["data"]["std"] == [1.0, 1.0, 1.0]  # §2: raw pixels minus the mean
     assert cfg["data"]["pca_eigval"] == json.loads(pca.read_text())["eigval"]
     assert cfg["train"]["schedule"] == "plateau" and cfg["train"]["momentum_rule"] == "paper"
     assert log.count("learning rate") == 4 and "after 3 drops: done" in log

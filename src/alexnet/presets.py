@@ -28,11 +28,12 @@ class Recipe:
     model: dict          # "name" and ModelConfig options
     train: TrainConfig
     augmentation: dict   # DataConfig fields: mean_image, lighting, translate, augment
+    pixel_scale: bool    # §2: raw 0..255 pixels minus the mean, no division by a std
 
 
 RECIPES = {
     "paper": Recipe({"name": "paper"}, TrainConfig(out="runs/alexnet"),
-                    {"mean_image": True, "lighting": 0.1, "translate": 0}),
+                    {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True),
     # Fashion-MNIST, departures from the paper and why:
     "fashion-mnist": Recipe(
         {"name": "small",    # 28x28 inputs: the paper's topology at small-image widths (model.py)
@@ -51,6 +52,7 @@ RECIPES = {
         # random shifts: in runs this short shifts cost a point (BENCHMARKS.md); no PCA
         # lighting on grayscale.
         {"mean_image": False, "lighting": 0.0, "translate": 0},
+        pixel_scale=False,  # inputs divided by the std: He init expects unit-scale inputs
     ),
 }
 
@@ -81,6 +83,8 @@ def resolve(data: str, model: dict, data_overrides: dict, train_overrides: dict,
     except ValueError as e:
         raise UserError(str(e)) from e
     data_cfg = dataclasses.replace(data_defaults(data), **r.augmentation)
+    if r.pixel_scale:
+        data_cfg = dataclasses.replace(data_cfg, std=(1.0,) * data_cfg.channels)
     if not is_fashion_mnist(data_cfg) and model_cfg.input_size < 224:
         # keep §2's 256 : 227 margin for random crops of small inputs
         data_cfg = dataclasses.replace(data_cfg, resize=round(model_cfg.input_size * 256 / 227))

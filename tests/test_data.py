@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data import InMemoryLoader, fashion_mnist, load_image, write_samples
+from alexnet.data import InMemoryLoader, ShardedBatches, fashion_mnist, load_image, write_samples
+from alexnet.distributed import Dist
 from alexnet.errors import UserError
 
 
@@ -26,16 +27,35 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
 def test_in_memory_loader_shuffles_per_epoch_and_is_deterministic():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
     labels = torch.arange(10)
-    loader = InMemoryLoader(images, labels, batch_size=4, shuffle=True, seed=1, drop_last=True)
-    assert len(loader) == 2
+    loader = InMemoryLoader(images, labels, ShardedBatches(10, 4, Dist(), shuffle=True, seed=1))
+    assert len(loader) == 2  # the last partial batch is dropped in training
     first = [b[1].tolist() for b in loader]
     assert [b[1].tolist() for b in loader] == first
     loader.set_epoch(1)
     assert [b[1].tolist() for b in loader] != first
     for x, y in loader:
         assert torch.equal(x.flatten().long(), y)
-    ordered = InMemoryLoader(images, labels, batch_size=4, shuffle=False)
+    loader.set_epoch(0, start=1)  # a mid-epoch resume skips the batches already seen
+    assert [b[1].tolist() for b in loader] == first[1:]
+    ordered = InMemoryLoader(images, labels, ShardedBatches(10, 4, Dist(), shuffle=False))
     assert len(ordered) == 3 and torch.cat([y for _, y in ordered]).tolist() == list(range(10))
+
+
+def test_shards_add_up_to_the_single_process_batches():
+    one = list(ShardedBatches(50, 8, Dist(), shuffle=True, seed=3))
+    shards = [list(ShardedBatches(50, 8, Dist(rank=r, world=2), shuffle=True, seed=3)) for r in (0, 1)]
+    assert len(one) == len(shards[0]) == len(shards[1]) == 6
+    for i, batch in enumerate(one):
+        assert shards[0][i] + shards[1][i] == batch  # same global batch, split in halves
+    with pytest.raises(UserError, match="divide"):
+        ShardedBatches(50, 9, Dist(rank=0, world=2), shuffle=True)
+
+
+def test_evaluation_shards_cover_every_image_once():
+    n = 11
+    seen = [i for r in range(3) for b in ShardedBatches(n, 6, Dist(rank=r, world=3), shuffle=False)
+            for i in b]
+    assert sorted(seen) == list(range(n))  # no padding, no duplicates
 
 
 def test_samples_are_the_test_images(fashion_dir, tmp_path):

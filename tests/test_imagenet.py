@@ -29,7 +29,7 @@ def flat_view(imagenet: Path, tmp: Path, *label_files) -> Path:
 
 def _labels(root: Path, **kw) -> list[tuple[str, str]]:
     split = load_split(False, DataConfig(name=str(root), workers=0, **kw), 4, ordered=True)
-    ds = split.loader.loader.dataset
+    ds = split.loader.loader.dataset.dataset  # inside the unreadable-file wrapper
     return sorted((Path(p).name, split.classes[y]) for p, y in ds.samples)
 
 

@@ -82,18 +82,65 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     _check_file(path)
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
+        return _check_contents(path, _load_safetensors(path))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise UserError(f"{path}: refused to load (it holds more than tensors and plain "
-                        f"values: {first})") from e
+        # torch's message opens with a paragraph about weights_only; the line that says
+        # what was found comes after it
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        detail = next((s for s in lines[1:] if not s.startswith(("Please file", "Check the doc"))
+                       and not s.endswith("error:")), "unsafe content")
+        if "GLOBAL" in detail or "reduce" in detail.lower():
+            raise UserError(f"{path}: refused to load (it holds more than tensors and plain "
+                            f"values: {detail})") from e
+        raise UserError(f"{path}: not a readable checkpoint (corrupt, or not written by "
+                        f"torch.save: {detail})") from e
     except Exception as e:  # noqa: BLE001 - garbage bytes fail deep in the unpickler, any type
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
+        first = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt? "
+                        f"{type(e).__name__}{': ' + first if first else ''})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise UserError(f"{path}: a bare state dict, not an alexnet checkpoint (no config and "
+                            f"class names); torchvision AlexNet weights become one with "
+                            f"`alexnet import-torchvision {path} OUT.pt`")
         raise UserError(f"{path}: not an alexnet checkpoint (no config and class names; "
                         "a bare state dict?)")
+    return _check_contents(path, ckpt)
+
+
+def _check_contents(path: Path, ckpt: dict) -> dict:
+    """What evaluate, predict and resume read from a checkpoint is there and consistent:
+    a config, weights, one class name per output, a mean image with the model's channels
+    (its size is checked by load_inference: export does not need it)."""
+    try:
+        cfg = RunConfig.from_dict(ckpt["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: its config is missing or invalid ({type(e).__name__}: {e})") from e
+    m, data = cfg.model, cfg.data
+    problems = []
+    if not isinstance(ckpt.get("model"), dict):
+        problems.append("no weights")
+    for key in ("classes", "class_names"):
+        names = ckpt.get(key) or ckpt.get("classes")  # as load_inference reads them
+        if (not isinstance(names, (list, tuple)) or len(names) != m.num_classes
+                or not all(isinstance(n, str) for n in names)):
+            count = len(names) if isinstance(names, (list, tuple)) else "no"
+            problems.append(f"{count} {key} for a model with {m.num_classes} outputs")
+    if not isinstance(data.resize, int) or not 1 <= data.resize <= 16 * m.input_size:
+        # the stored size is the crop's plus a margin (256 for 227); far more is a broken config
+        problems.append(f"data.resize {data.resize!r} is not a size from 1 to 16 x the "
+                        f"input size {m.input_size}")
+    if data.channels != m.in_channels:
+        problems.append(f"{data.channels} channel means for a {m.in_channels}-channel model")
+    mean_image = ckpt.get("mean_image")
+    if mean_image is not None and (not isinstance(mean_image, torch.Tensor) or mean_image.dim() != 3
+                                   or mean_image.shape[0] != m.in_channels):
+        problems.append(f"a mean image of shape {tuple(getattr(mean_image, 'shape', ()))} for a "
+                        f"{m.in_channels}-channel model")
+    if problems:
+        raise UserError(f"{path}: inconsistent checkpoint: {'; '.join(problems)}")
     return ckpt
 
 
@@ -119,8 +166,13 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AlexNe
         model = AlexNet(ModelConfig.from_dict(ckpt["config"]["model"]))
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
+        lines = [s.strip() for s in str(e).strip().splitlines() if s.strip()] or [type(e).__name__]
+        first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # load_state_dict's
         raise UserError(f"{path}: weights do not fit the model it describes ({first})") from e
+    bad = next((k for k, v in model.state_dict().items()
+                if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # e.g. saved after training diverged: every prediction would be NaN
+        raise UserError(f"{path}: weights hold NaN or infinite values (first in {bad})")
     return model
 
 
@@ -138,7 +190,13 @@ def load_inference(path: str | Path, device: torch.device) -> Inference:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     classes = list(ckpt["classes"])
-    return Inference(model, RunConfig.from_dict(ckpt["config"]), classes,
+    config = RunConfig.from_dict(ckpt["config"])
+    mean_image, size = ckpt.get("mean_image"), config.data.resize
+    if mean_image is not None and mean_image.shape[1:] != (size, size):  # subtracted from each image
+        raise UserError(f"{path}: inconsistent checkpoint: a mean image of "
+                        f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
+                        f"{size}x{size}")
+    return Inference(model, config, classes,
                      list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
 
 

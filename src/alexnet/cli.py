@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .config import ACTIVATIONS, INITS, POOLINGS
 from .engine import AMP_DTYPES
 from .errors import UserError
+from .train import Stopped
 
 SCHEDULES = ("plateau", "step", "onecycle")
 
@@ -71,9 +73,10 @@ def cmd_train(args) -> None:
          "channels_last": args.channels_last, "device": args.device, "seed": args.seed,
          "out": args.out},
         recipe=args.recipe)
-    result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val)
+    result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
+                   strict=args.strict, ddp_bf16=args.ddp_bf16)
     val = result["val"]
-    if val:
+    if val and os.environ.get("RANK", "0") == "0":
         print(f"done: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), top-5 "
               f"{val['top5']:.4f} on {val['images']:,} images; checkpoint {result['checkpoint']}")
 
@@ -83,10 +86,13 @@ def cmd_evaluate(args) -> None:
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.batch_size,
                             args.device, args.amp, args.limit, args.ten_crop)
+    if r is None:  # not the main torchrun process
+        return
     _print_json_or(args, r, f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
                    f"{'10 patches' if args.ten_crop else 'centre patch'}, "
                    f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
-                   f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})")
+                   f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})"
+                   + (f"; {r['unreadable']} unreadable images skipped" if r["unreadable"] else ""))
 
 
 def cmd_predict(args) -> None:
@@ -212,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int)
     g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")
-    g.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    g.add_argument("--resume", metavar="CKPT", nargs="?", const="auto",
+                   help="continue from this checkpoint (no value: OUT/last.pt)")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable training file (default: skip and list them)")
+    g.add_argument("--ddp-bf16", action="store_true",
+                   help="under torchrun: compress the gradient all-reduce to bf16 (docs/SCALING.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint")
@@ -285,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"alexnet: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130

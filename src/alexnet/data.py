@@ -30,6 +30,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .config import DataConfig
+from .distributed import Dist, check_batch
 from .errors import UserError
 from .imagenet import FlatFolder, val_labels
 
@@ -115,47 +116,71 @@ def fashion_mnist(train: bool, cfg: DataConfig) -> datasets.FashionMNIST:
         raise UserError(f"Fashion-MNIST: {e}") from e
 
 
-class InMemoryLoader:
-    """Batches of an in-memory uint8 tensor, reshuffled each epoch from (seed, epoch).
+class ShardedBatches:
+    """The index batches one process reads in an epoch (a DataLoader batch_sampler).
 
-    Used for Fashion-MNIST (47 MB), where a DataLoader's per-item indexing would cost more
-    than the model: one index_select per batch instead.
+    Training (shuffle=True): the global order is a permutation drawn from (seed, epoch);
+    global batch i is order[i*B:(i+1)*B], and process r of N takes its r-th slice of
+    B / N, so N processes see exactly the batches one process would (and DDP averages
+    their gradients into the same step). The last partial batch is dropped.
+    Evaluation and statistics (shuffle=False): process r takes images r, r+N, r+2N, ...:
+    every image exactly once, no padding. `start` skips batches for a mid-epoch resume.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 shuffle: bool, seed: int = 0, drop_last: bool = False):
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.epoch = 0
+    def __init__(self, n: int, global_batch: int, d: Dist, shuffle: bool, seed: int = 0):
+        self.n, self.global_batch, self.d, self.shuffle, self.seed = n, global_batch, d, shuffle, seed
+        self.batch = check_batch(global_batch, d)
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.shuffle:
+            return self.n // self.global_batch
+        return -(-len(range(self.d.rank, self.n, self.d.world)) // self.batch)
 
     def __iter__(self):
-        n = len(self.labels)
+        r, b = self.d.rank, self.batch
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+                self.seed * 100_003 + self.epoch)).tolist()
+            for i in range(self.start, len(self)):
+                yield order[i * self.global_batch + r * b:i * self.global_batch + (r + 1) * b]
         else:
-            order = torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            mine = range(r, self.n, self.d.world)
+            for i in range(self.start, len(self)):
+                yield list(mine[i * b:(i + 1) * b])
+
+
+class InMemoryLoader:
+    """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB), where a DataLoader's
+    per-item indexing would cost more than the model: one index_select per batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches: ShardedBatches):
+        self.images, self.labels, self.batches = images, labels, batches
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for idx in self.batches:
+            idx = torch.tensor(idx, dtype=torch.long)
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
 def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
-                        limit: int | None = None, ordered: bool = False) -> Split:
+                        limit: int | None = None, ordered: bool = False, d: Dist = Dist()) -> Split:
     ds = fashion_mnist(train, cfg)
     images, labels = ds.data.unsqueeze(1), ds.targets
     if limit:
         images, labels = images[:limit], labels[:limit]
-    shuffle = train and not ordered
-    loader = InMemoryLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, drop_last=shuffle)
+    batches = ShardedBatches(len(labels), batch_size, d, shuffle=train and not ordered, seed=seed)
     name = f"fashion-mnist-{'train' if train else 'test'}-{len(labels)}"
-    return Split(loader, list(ds.classes), len(labels), fingerprint=name)
+    return Split(InMemoryLoader(images, labels, batches), list(ds.classes), len(labels), fingerprint=name)
 
 
 # ----------------------------------------------------------------------------- image files
@@ -163,22 +188,50 @@ def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int
 def load_image(path: str | Path, channels: int) -> Image.Image:
     """Open an image file as RGB (channels=3) or grayscale (channels=1), EXIF-upright.
 
-    Grayscale, CMYK, palette and RGBA files are converted, so a colour model takes a
-    grayscale photo and a grayscale model a colour one.
+    Grayscale, CMYK, palette and RGBA files are converted (alpha is dropped, as
+    torchvision's loader does), so a colour model takes a grayscale photo and a grayscale
+    model a colour one; 16-bit images are scaled to 8 bits (PIL's own conversion clips
+    them, which turns almost every pixel white). An animated image gives its first frame.
+    An image longer than 64:1 keeps its central 64:1 part: the evaluation path uses only
+    the central square, and scaling the shorter side of a 1 x 20000 strip to 256 would
+    otherwise make a 256 x 5,120,000 image.
+
+    A UserError names the file for: no such file, not a file, not an image PIL reads,
+    a truncated file (not decoded partially: a half-grey photo would still be classified,
+    confidently and wrongly), and more than PIL's Image.MAX_IMAGE_PIXELS pixels (a
+    decompression bomb: PIL only warns up to twice that, then refuses), refused from
+    the header alone, before any pixel is decoded.
     """
+    import re
+    import warnings
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if not path.is_file():
         raise UserError(f"{path}: not a file")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB" if channels == 3 else "L")
-            img.load()
-            return img
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                if img.mode.startswith("I"):  # 16- or 32-bit integers: 65535 -> 255
+                    img = img.convert("I").point(lambda v: v / 257)
+                img = img.convert("RGB" if channels == 3 else "L")
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise UserError(f"{path}: refused: {size}, more than the {Image.MAX_IMAGE_PIXELS:,} an "
+                        "image may have here (a decompression bomb?)") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from e
+    w, h = img.size
+    if max(w, h) > 64 * min(w, h):
+        long = 64 * min(w, h)
+        left, top = (w - long) // 2 if w > h else 0, (h - long) // 2 if h > w else 0
+        img = img.crop((left, top, left + min(w, long), top + min(h, long)))
+    return img
 
 
 def stored_transform(resize: int) -> v2.Transform:
@@ -191,30 +244,67 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class FolderLoader:
-    """A DataLoader whose shuffling order and augmentation seeds come from (seed, epoch)."""
+class _Tolerant(torch.utils.data.Dataset):
+    """Hands out (image, label, None), or (None, -1, reason) for a file that cannot be read,
+    so that a corrupt file in a training set of a million does not end the run."""
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int, workers: int):
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            image, label = self.dataset[i]
+            return image, label, None
+        except UserError as e:
+            return None, -1, str(e)
+
+
+def _collate_readable(items):
+    good = [(x, y) for x, y, bad in items if bad is None]
+    bad = [reason for _, _, reason in items if reason is not None]
+    if not good:
+        return None, None, bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+
+
+class FolderLoader:
+    """A DataLoader over ShardedBatches that skips unreadable files and remembers them.
+
+    strict: the first unreadable file ends the run with its path instead.
+    """
+
+    def __init__(self, dataset, batches: ShardedBatches, workers: int, strict: bool = False):
+        self.batches, self.strict = batches, strict
+        self.unreadable: list[str] = []
         workers = default_workers() if workers < 0 else workers
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-            generator=self.generator)
+            _Tolerant(dataset), batch_sampler=batches, num_workers=workers,
+            collate_fn=_collate_readable, pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        return iter(self.loader)
+        for images, labels, bad in self.loader:
+            if bad:
+                if self.strict:
+                    raise UserError(f"{bad[0]} (--strict stops at the first unreadable file)")
+                self.unreadable += [b for b in bad if b not in self.unreadable]
+            if images is None:
+                raise UserError(f"no readable image in a whole batch, e.g. {bad[0]}")
+            yield images, labels
 
 
 def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
-                 limit: int | None = None, ordered: bool = False) -> Split:
+                 limit: int | None = None, ordered: bool = False, d: Dist = Dist(),
+                 strict: bool = False) -> Split:
     root = Path(cfg.name)
     split_dir = root / ("train" if train else "val")
     if not split_dir.is_dir():
@@ -237,7 +327,8 @@ def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         ds = torch.utils.data.Subset(ds, keep.tolist())
         paths = [paths[i] for i in keep.tolist()]
-    loader = FolderLoader(ds, batch_size, train and not ordered, seed, cfg.workers)
+    batches = ShardedBatches(len(ds), batch_size, d, shuffle=train and not ordered, seed=seed)
+    loader = FolderLoader(ds, batches, cfg.workers, strict)
     digest = hashlib.sha1("\n".join(os.path.relpath(p, split_dir) for p in paths).encode()).hexdigest()
     return Split(loader, classes, len(ds), fingerprint=f"{len(paths)}-{digest[:16]}",
                  workers=loader.loader.num_workers)
@@ -248,15 +339,17 @@ def is_fashion_mnist(cfg: DataConfig) -> bool:
 
 
 def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
-               limit: int | None = None, ordered: bool = False) -> Split:
-    """The training (train=True) or validation/test split named by cfg.
+               limit: int | None = None, ordered: bool = False, d: Dist = Dist(),
+               strict: bool = False) -> Split:
+    """This process's share of the training (train=True) or validation/test split.
 
-    The training split is shuffled (from seed and epoch) and drops its last partial
-    batch, unless `ordered`: every image once in file order, for statistics.
+    batch_size is the global batch (split over the processes of `d`). The training split
+    is shuffled from (seed, epoch) and drops its last partial batch, unless `ordered`:
+    every image once in file order, for statistics. See ShardedBatches.
     """
     if is_fashion_mnist(cfg):
-        return fashion_mnist_split(train, cfg, batch_size, seed, limit, ordered)
-    return folder_split(train, cfg, batch_size, seed, limit, ordered)
+        return fashion_mnist_split(train, cfg, batch_size, seed, limit, ordered, d)
+    return folder_split(train, cfg, batch_size, seed, limit, ordered, d, strict)
 
 
 def write_samples(cfg: DataConfig, count: int, out: str | Path) -> list[Path]:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .distributed import Dist, all_sum, any_flag
 from .errors import UserError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,17 +49,35 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[
     return [int(hit[:, :min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The RNG seed of one training step of one process.
+
+    Every step reseeds, so that its dropout masks, crops, mirrors and lighting are a
+    function of (seed, epoch, step, rank) alone: a run resumed at any step, with no RNG
+    state carried over, draws what the uninterrupted run drew.
+    """
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + rank
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, device, amp: str,
                     label_smoothing: float = 0.0, desc: str = "train", log_every: int = 20,
-                    on_step=None) -> dict:
-    """Train for one pass over `loader`; returns mean loss, accuracy, images/s."""
+                    seed: int = 0, epoch: int = 0, first_step: int = 0, d: Dist = Dist(),
+                    should_stop=lambda: False, show: bool = True) -> dict:
+    """Train for one pass over `loader` (from batch `first_step` on).
+
+    Returns loss, accuracy and images/s over all processes, and `steps`, the index of the
+    next batch; `stopped` when should_stop() became true on any process, after a whole
+    step. Losses are checked for NaN/inf every log_every steps, on all processes at once.
+    """
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not show,
+               total=len(loader) - first_step)
     loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.long)
-    for step, (images, labels) in enumerate(bar):
+    correct_sum = torch.zeros((), device=device)
+    seen, step, stopped, totals = 0, first_step, False, [0.0, 0.0, 0.0]
+    for step, (images, labels) in enumerate(bar, start=first_step):
+        torch.manual_seed(step_seed(seed, epoch, step, d.rank))
         images = preprocess(images.to(device, non_blocking=True), train=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -74,37 +93,42 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
         loss_sum += loss.detach() * n
         correct_sum += (logits.detach().argmax(1) == labels).sum()
         seen += n
-        if on_step is not None:
-            on_step()
-        if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            # one host sync every log_every steps, not every step
-            total_loss, correct = float(loss_sum), int(correct_sum)
-            if not math.isfinite(total_loss):
-                raise NonFiniteLoss(f"loss is {total_loss} at step {step + 1} of {desc}")
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+        last = step + 1 == len(loader)
+        if (step + 1) % log_every == 0 or last:
+            # one host sync (and one small all-reduce under DDP) every log_every steps
+            totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
+            if not math.isfinite(totals[0]):
+                raise NonFiniteLoss(f"loss is {totals[0]} at step {step + 1} of {desc}")
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+                            img_s=f"{totals[2] / (time.perf_counter() - start):.0f}", refresh=False)
+        if any_flag(should_stop(), device, d) and not last:
+            stopped = True
+            totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
+            break
     bar.close()
-    total_loss, correct = float(loss_sum), int(correct_sum)
-    if not math.isfinite(total_loss):
-        raise NonFiniteLoss(f"loss is {total_loss} in {desc}")
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen,
-            "seconds": elapsed, "images_per_s": seen / elapsed}
+    images = max(totals[2], 1.0)
+    return {"loss": totals[0] / images, "acc": totals[1] / images, "images": int(totals[2]),
+            "seconds": elapsed, "images_per_s": totals[2] / elapsed, "steps": step + 1,
+            "stopped": stopped}
 
 
 @torch.no_grad()
 def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "eval",
-             ten_crop: bool = False) -> dict:
+             ten_crop: bool = False, d: Dist = Dist(), show: bool = True) -> dict:
     """Top-1 and top-5 accuracy and error, mean loss, and the number of images.
 
     ten_crop: §4.1's test, the softmax averaged over the four corner and centre patches
-    and their mirrors; otherwise the centre patch alone.
+    and their mirrors; otherwise the centre patch alone. Under DDP pass the unwrapped
+    model: processes may hold different numbers of batches, so no collective may run
+    per batch.
     """
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+                               disable=not show):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         views = preprocess.ten_crop(images) if ten_crop else [preprocess(images, train=False)]
@@ -117,7 +141,12 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
         loss_sum += float(F.nll_loss(log_mean, labels, reduction="sum"))
         c1, c5 = topk_correct(log_mean, labels)
         top1, top5, seen = top1 + c1, top5 + c5, seen + labels.shape[0]
+    # each process saw its own images (ShardedBatches: every image once): add them up;
+    # unreadable files were skipped, and the result says how many
+    skipped = len(getattr(loader, "unreadable", []))
+    loss_sum, top1, top5, seen, skipped = all_sum([loss_sum, top1, top5, seen, skipped], device, d)
     n = max(seen, 1)
-    return {"images": seen, "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,
+    return {"images": int(seen), "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,
             "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
-            "patches": 10 if ten_crop else 1, "seconds": time.perf_counter() - start}
+            "patches": 10 if ten_crop else 1, "unreadable": int(skipped),
+            "seconds": time.perf_counter() - start}

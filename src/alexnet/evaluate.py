@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .augment import Preprocess
 from .checkpoint import load_inference
 from .data import is_fashion_mnist, load_split
@@ -17,8 +18,17 @@ from .errors import UserError
 
 def evaluate_checkpoint(path: str, data: str | None = None, data_dir: str | None = None,
                         batch_size: int = 256, device: str = "auto", amp: str | None = None,
-                        limit: int | None = None, ten_crop: bool = False) -> dict:
-    dev = resolve_device(device)
+                        limit: int | None = None, ten_crop: bool = False) -> dict | None:
+    """Metrics of a checkpoint; under torchrun each process evaluates its share of the
+    images and the main process returns the totals (the others return None)."""
+    d, device = distributed.init(device)
+    try:
+        return _evaluate(path, data, data_dir, batch_size, resolve_device(device), amp, limit, ten_crop, d)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, d) -> dict | None:
     loaded = load_inference(path, dev)
     cfg, m = loaded.config, loaded.config.model
     data_cfg = cfg.data
@@ -26,7 +36,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, data_dir: str | None
         data_cfg = dataclasses.replace(data_cfg, name=data)
     if data_dir is not None:
         data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
-    split = load_split(False, data_cfg, batch_size, limit=limit)
+    split = load_split(False, data_cfg, batch_size * d.world, limit=limit, d=d)
     names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name),
                                                                  data_cfg.synsets)
     if loaded.classes not in (split.classes, names):  # imported weights know names, not wnids
@@ -36,5 +46,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, data_dir: str | None
     model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
     amp = cfg.train.amp if amp is None else amp
-    result = evaluate(model, split.loader, preprocess, dev, amp, ten_crop=ten_crop)
-    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, **result}
+    result = evaluate(model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, d=d, show=d.main)
+    if not d.main:
+        return None
+    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world,
+            **result}

@@ -14,22 +14,39 @@ from .augment import Preprocess
 from .checkpoint import load_inference
 from .data import load_image, stored_transform
 from .engine import autocast, resolve_device
+from .errors import UserError
 
 
 @torch.no_grad()
-def predict(path: str, images: list[str], topk: int = 5, device: str = "auto") -> list[dict]:
+def predict(path: str, images: list[str], topk: int = 5, device: str = "auto",
+            batch_size: int = 64) -> list[dict]:
+    """Top-k classes of each image; all or nothing: one unreadable image is a UserError.
+
+    The images go through the model `batch_size` at a time, so that a long list of
+    files (a shell glob over a folder) does not become one batch larger than memory.
+    """
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, got {topk}")
     dev = resolve_device(device)
     loaded = load_inference(path, dev)
     cfg, m, classes = loaded.config, loaded.config.model, loaded.classes
     transform = stored_transform(cfg.data.resize)
-    batch = torch.stack([transform(load_image(p, m.in_channels)) for p in images])  # all or nothing
     preprocess = Preprocess(cfg.data, m.input_size, dev, cfg.train.channels_last, loaded.mean_image)
-    with autocast(dev, cfg.train.amp):
-        logits = loaded.model(preprocess(batch.to(dev)))
-    probs = torch.softmax(logits.float(), dim=1)
-    top = probs.topk(min(topk, len(classes)), dim=1)
-    return [{"image": str(p),
-             "predictions": [{"class": classes[i], "name": loaded.class_names[i], "index": int(i),
-                              "probability": float(v)}
-                             for v, i in zip(vals.tolist(), idx.tolist())]}
-            for p, vals, idx in zip(images, top.values, top.indices)]
+    results = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        batch = torch.stack([transform(load_image(p, m.in_channels)) for p in chunk])
+        with autocast(dev, cfg.train.amp):
+            logits = loaded.model(preprocess(batch.to(dev)))
+        probs = torch.softmax(logits.float(), dim=1)
+        finite = torch.isfinite(probs).all(dim=1)
+        if not finite.all():
+            raise UserError(f"{path}: the model's outputs for {chunk[int((~finite).nonzero()[0])]} "
+                            "are not finite (NaN or infinity)")
+        top = probs.topk(min(topk, len(classes)), dim=1)
+        results += [{"image": str(p),
+                     "predictions": [{"class": classes[i], "name": loaded.class_names[i],
+                                      "index": int(i), "probability": float(v)}
+                                     for v, i in zip(vals.tolist(), idx.tolist())]}
+                    for p, vals, idx in zip(chunk, top.values, top.indices)]
+    return results

@@ -6,19 +6,26 @@ import csv
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, save_weights
-from .config import RunConfig, TrainConfig
+from . import distributed
+
 from .augment import Preprocess
+from .checkpoint import (atomic_write, load_checkpoint, model_from_checkpoint, save_checkpoint,
+                         save_weights)
+from .config import RunConfig, TrainConfig
 from .data import is_fashion_mnist, load_split
-from .imagenet import human_names
 from .engine import NonFiniteLoss, evaluate, grad_scaler, resolve_device, train_one_epoch
 from .errors import UserError
+from .imagenet import human_names
 from .model import AlexNet, count_parameters
 from .stats import cached_mean_image
 
@@ -90,17 +97,36 @@ def paper_momentum_at_drop(optimizer: torch.optim.SGD, old_lr: float, new_lr: fl
             state["momentum_buffer"].mul_(old_lr / new_lr)
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: a checkpoint was saved and the run ended cleanly."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint} "
+                         f"(continue with --resume {checkpoint})")
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class _StopSignals:
+    """While active, SIGTERM (cluster preemption) and SIGINT (Ctrl-C) only set a flag; the
+    training loop finishes its step, saves a checkpoint and raises Stopped."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _append_metrics(path: Path, row: dict) -> None:
@@ -112,35 +138,73 @@ def _append_metrics(path: Path, row: dict) -> None:
         writer.writerow({k: row[k] for k in METRIC_FIELDS})
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
+def _start_run_dir(out: Path, cfg: RunConfig, done_epochs: int) -> None:
+    """config.json (atomically); metrics.csv keeps only the rows of the epochs the run
+    resumes after (a kill between a row and its checkpoint would repeat the epoch), and a
+    fresh run starts a new one; temporary files of writes a kill interrupted are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    metrics = out / "metrics.csv"
+    rows = []
+    if done_epochs and metrics.is_file():
+        with open(metrics, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done_epochs]
+    metrics.unlink(missing_ok=True)
+    for row in rows:
+        _append_metrics(metrics, row)
+
+
+def find_resume(resume: str | None, out: Path) -> str | None:
+    """--resume with no value means the run directory's last.pt."""
+    if resume != "auto":
+        return resume
+    if not (out / "last.pt").is_file():
+        raise UserError(f"{out}: no last.pt to resume from")
+    return str(out / "last.pt")
+
+
+def _model_config(cfg: RunConfig, ckpt: dict | None, resume: str | None) -> RunConfig:
+    if ckpt is None:  # the data decides the input channels; the class count comes later
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
+    cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)  # the rest may change
+    if cfg.model.in_channels != cfg.data.channels:
+        raise UserError(f"{resume}: a {cfg.model.in_channels}-channel model cannot train on "
+                        f"{cfg.data.channels}-channel data {cfg.data.name}")
+    return cfg
 
 
 def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = None,
-          limit_val: int | None = None) -> dict:
-    """Run training as `cfg` says; returns the final validation metrics and paths."""
+          limit_val: int | None = None, strict: bool = False, ddp_bf16: bool = False) -> dict:
+    """Run training as `cfg` says, alone or as one torchrun process; returns the final
+    validation metrics and paths. Raises Stopped after SIGTERM/SIGINT (checkpoint saved)."""
+    d, device_name = distributed.init(cfg.train.device)
+    try:
+        return _train(cfg, d, resolve_device(device_name), resume, limit_train, limit_val, strict, ddp_bf16)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> dict:
     t = cfg.train
     out = Path(t.out)
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
+    log = print if d.main else (lambda *a, **k: None)
+    resume = find_resume(resume, out)
     ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is None:  # the data decides the input channels; the class count comes below
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
-    else:  # the model is the checkpoint's; the rest may change (e.g. more epochs)
-        cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
-        if cfg.model.in_channels != cfg.data.channels:
-            raise UserError(f"{resume}: a {cfg.model.in_channels}-channel model cannot train on "
-                            f"{cfg.data.channels}-channel data {cfg.data.name}")
-    m = cfg.model
-    train_split = load_split(True, cfg.data, t.batch_size, t.seed, limit_train)
-    val_split = load_split(False, cfg.data, t.batch_size, t.seed, limit_val)
-    if train_split.classes != val_split.classes:
-        raise UserError(f"{cfg.data.name}: the training and validation classes differ")
+    if ckpt is not None and "optimizer" not in ckpt:
+        raise UserError(f"{resume}: weights only; resuming needs a training checkpoint (last.pt)")
+    cfg = _model_config(cfg, ckpt, resume)
+    train_split = load_split(True, cfg.data, t.batch_size, t.seed, limit_train, d=d, strict=strict)
+    val_split = load_split(False, cfg.data, t.batch_size, t.seed, limit_val, d=d)
     classes = train_split.classes
+    if classes != val_split.classes:
+        raise UserError(f"{cfg.data.name}: the training and validation classes differ")
     class_names = None if is_fashion_mnist(cfg.data) else human_names(classes, Path(cfg.data.name),
                                                                        cfg.data.synsets)
     if ckpt is None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=len(classes)))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)))
+        torch.manual_seed(t.seed)  # the same initial weights on every process
         try:
             model = AlexNet(cfg.model)
         except ValueError as e:  # e.g. an input too small for the variant
@@ -151,77 +215,137 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
         model = model_from_checkpoint(ckpt, resume)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    net = model  # what trains: the model, or its DDP wrapper
+    if d.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ddp_bf16:  # halves the all-reduce volume (docs/SCALING.md)
+            net.register_comm_hook(None, default_hooks.bf16_compress_hook)
 
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, t, len(train_split.loader))
     per_step = None if t.schedule == "plateau" else scheduler
     scaler = grad_scaler(device, t.amp)
-    start_epoch, best_top1 = 0, -1.0
+    start_epoch, first_step, best_top1 = 0, 0, -1.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, best_top1 = ckpt["epoch"], ckpt["best_top1"]
+        start_epoch, first_step, best_top1 = ckpt["epoch"], ckpt.get("step_in_epoch", 0), ckpt["best_top1"]
+        _apply_new_lr(optimizer, scheduler, ckpt["config"]["train"]["lr"], t.lr, log)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    mean_image = None
-    if cfg.data.mean_image:
-        mean_image = ckpt.get("mean_image") if ckpt is not None else None
-        if mean_image is None:
-            stats_split = load_split(True, cfg.data, t.batch_size, limit=limit_train, ordered=True)
-            mean_image = cached_mean_image(cfg.data, stats_split, out, log=_log)
-    preprocess = Preprocess(cfg.data, m.input_size, device, t.channels_last, mean_image)
-    _log(f"alexnet: model {m.name} ({count_parameters(model):,} parameters), "
-         f"{train_split.size:,} training / {val_split.size:,} validation images, "
-         f"{len(classes)} classes, device {device}, precision {t.amp if t.amp != 'off' else 'fp32'}, "
-         f"{'channels_last, ' if t.channels_last else ''}loader workers {train_split.workers}, "
-         f"torch threads {torch.get_num_threads()}, schedule {t.schedule}, out {out}")
+    mean_image, unreadable = _mean_image(cfg, ckpt, d, out, t, limit_train, log)
+    preprocess = Preprocess(cfg.data, cfg.model.input_size, device, t.channels_last, mean_image)
+    if d.main:
+        _start_run_dir(out, cfg, start_epoch)
+    m = cfg.model
+    log(f"alexnet: model {m.name} ({count_parameters(model):,} parameters), "
+        f"{train_split.size:,} training / {val_split.size:,} validation images, "
+        f"{len(classes)} classes, device {device}{f' x {d.world} processes' if d.enabled else ''}, "
+        f"precision {t.amp if t.amp != 'off' else 'fp32'}, "
+        f"{'channels_last, ' if t.channels_last else ''}loader workers {train_split.workers}, "
+        f"torch threads {torch.get_num_threads()}, schedule {t.schedule}, out {out}", flush=True)
+    if ckpt is not None:
+        log(f"alexnet: resuming {resume} at epoch {start_epoch + 1}, batch {first_step + 1}", flush=True)
 
-    val = {}
-    for epoch in range(start_epoch, t.epochs):
-        train_split.loader.set_epoch(epoch)
-        started = time.perf_counter()
-        lr_used = optimizer.param_groups[0]["lr"]
-        try:
-            tr = train_one_epoch(model, train_split.loader, optimizer, per_step, scaler, preprocess,
-                                 device, t.amp, t.label_smoothing, desc=f"epoch {epoch + 1}/{t.epochs}",
-                                 log_every=t.log_every)
-        except NonFiniteLoss as e:
-            raise UserError(f"{e}: training diverged; try a lower --lr or --init caffe "
-                            f"(the last good checkpoint is {out / 'last.pt'})") from e
-        val = evaluate(model, val_split.loader, preprocess, device, t.amp, desc="validate")
-        if per_step is None:
-            scheduler.step(val["top1_error"])
-        new_lr = optimizer.param_groups[0]["lr"]
-        if new_lr < lr_used and t.schedule != "onecycle":
-            _log(f"alexnet: learning rate {lr_used:.3g} -> {new_lr:.3g} (drop {lr_drops(optimizer, t)})")
-            if t.momentum_rule == "paper":
-                paper_momentum_at_drop(optimizer, lr_used, new_lr)
-        finished = t.schedule == "plateau" and lr_drops(optimizer, t) > t.lr_drops
-        row = {"epoch": epoch + 1, "step": (epoch + 1) * len(train_split.loader), "lr": lr_used,
-               "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
-               "val_top1": val["top1"], "val_top5": val["top5"],
-               "epoch_seconds": time.perf_counter() - started, "train_images_per_s": tr["images_per_s"]}
-        _append_metrics(out / "metrics.csv", row)
-        _log(f"epoch {epoch + 1}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
-             f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f} | "
-             f"{tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s")
-        is_best = val["top1"] > best_top1
-        best_top1 = max(best_top1, val["top1"])
+    def checkpoint(state_extra: dict, best: bool = False) -> None:
+        if not d.main:
+            return
         state = {"config": cfg.to_dict(), "classes": classes, "class_names": class_names or classes,
-                 "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                 "step": row["step"], "best_top1": best_top1, "metrics": row, "finished": finished}
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "best_top1": best_top1, **state_extra}
         if mean_image is not None:
             state["mean_image"] = mean_image.cpu()
         save_checkpoint(out / "last.pt", state)
-        if is_best:
+        if best:
             save_checkpoint(out / "best.pt", state)
-        if finished:  # §5: three drops, then stop when the error stops improving again
-            _log(f"alexnet: validation error stopped improving after {t.lr_drops} drops: done")
-            break
-    save_weights(out / "model.safetensors", model, cfg, classes, mean_image, class_names)
-    return {"out": str(out), "val": val, "checkpoint": str(out / "last.pt")}
+
+    val = {}
+    with _StopSignals() as signals:
+        for epoch in range(start_epoch, t.epochs):
+            train_split.loader.set_epoch(epoch, first_step)
+            started = time.perf_counter()
+            lr_used = optimizer.param_groups[0]["lr"]
+            try:
+                tr = train_one_epoch(net, train_split.loader, optimizer, per_step, scaler, preprocess,
+                                     device, t.amp, t.label_smoothing, desc=f"epoch {epoch + 1}/{t.epochs}",
+                                     log_every=t.log_every, seed=t.seed, epoch=epoch, first_step=first_step,
+                                     d=d, should_stop=lambda: signals.received is not None, show=d.main)
+            except NonFiniteLoss as e:
+                raise UserError(f"{e}: training diverged; try a lower --lr or --init caffe "
+                                f"(the last good checkpoint is {out / 'last.pt'})") from e
+            first_step = 0
+            if tr["stopped"]:  # mid-epoch: save where we are, resume continues with the next batch
+                checkpoint({"epoch": epoch, "step_in_epoch": tr["steps"]})
+                distributed.barrier(d)
+                raise Stopped(signals.received or signal.SIGTERM, out / "last.pt")
+            val = evaluate(model, val_split.loader, preprocess, device, t.amp, desc="validate", d=d,
+                           show=d.main)
+            if per_step is None:
+                scheduler.step(val["top1_error"])
+            new_lr = optimizer.param_groups[0]["lr"]
+            if new_lr < lr_used and t.schedule != "onecycle":
+                log(f"alexnet: learning rate {lr_used:.3g} -> {new_lr:.3g} (drop {lr_drops(optimizer, t)})")
+                if t.momentum_rule == "paper":
+                    paper_momentum_at_drop(optimizer, lr_used, new_lr)
+            finished = t.schedule == "plateau" and lr_drops(optimizer, t) > t.lr_drops
+            row = {"epoch": epoch + 1, "step": (epoch + 1) * len(train_split.loader), "lr": lr_used,
+                   "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val["loss"],
+                   "val_top1": val["top1"], "val_top5": val["top5"],
+                   "epoch_seconds": time.perf_counter() - started, "train_images_per_s": tr["images_per_s"]}
+            log(f"epoch {epoch + 1}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+                f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}"
+                + (f" ({val['unreadable']} unreadable skipped)" if val["unreadable"] else "")
+                + f" | {tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s", flush=True)
+            is_best = val["top1"] > best_top1
+            best_top1 = max(best_top1, val["top1"])
+            if d.main:
+                _append_metrics(out / "metrics.csv", row)
+            checkpoint({"epoch": epoch + 1, "step_in_epoch": 0, "metrics": row, "finished": finished},
+                       best=is_best)
+            if finished:  # §5: three drops, then stop when the error stops improving again
+                log(f"alexnet: validation error stopped improving after {t.lr_drops} drops: done")
+                break
+            if signals.received is not None:  # arrived during validation: the epoch is saved
+                distributed.barrier(d)
+                raise Stopped(signals.received, out / "last.pt")
+    unreadable += [f for f in getattr(train_split.loader, "unreadable", []) if f not in unreadable]
+    if unreadable and d.main:
+        (out / "unreadable.txt").write_text("\n".join(unreadable) + "\n")
+        log(f"alexnet: skipped {len(unreadable)} unreadable training files, listed in "
+            f"{out / 'unreadable.txt'}:\n  " + "\n  ".join(unreadable[:10]))
+    if d.main:
+        save_weights(out / "model.safetensors", model, cfg, classes, mean_image, class_names)
+    distributed.barrier(d)
+    return {"out": str(out), "val": val, "checkpoint": str(out / "last.pt"), "unreadable": unreadable}
+
+
+def _apply_new_lr(optimizer, scheduler, old_lr: float, new_lr: float, log) -> None:
+    """A resumed run given another --lr (say, after a divergence) scales the schedule."""
+    if new_lr == old_lr:
+        return
+    ratio = new_lr / old_lr
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+    log(f"alexnet: learning rate scaled by {ratio:g} ({old_lr:g} -> {new_lr:g})")
+
+
+def _mean_image(cfg, ckpt, d, out, t, limit_train, log):
+    """The training set's mean image (§2) if the recipe uses one: from the checkpoint, the
+    cache, or one pass over the data by the main process (the others then read its cache);
+    and the unreadable files that pass skipped."""
+    if not cfg.data.mean_image:
+        return None, []
+    if ckpt is not None and ckpt.get("mean_image") is not None:
+        return ckpt["mean_image"], []
+    stats_split = load_split(True, cfg.data, t.batch_size, limit=limit_train, ordered=True)
+    if d.main:
+        image = cached_mean_image(cfg.data, stats_split, out, log=log)
+    distributed.barrier(d)
+    if not d.main:
+        image = cached_mean_image(cfg.data, stats_split, out, log=log)
+    return image, list(getattr(stats_split.loader, "unreadable", []))

@@ -1,0 +1,85 @@
+"""Data-parallel training under torchrun (DDP): who am I, and the few collectives we need.
+
+`torchrun --nproc-per-node N -m alexnet train ...` sets RANK, WORLD_SIZE and LOCAL_RANK;
+without them everything here is the single-process case and no process group exists.
+NCCL on CUDA, gloo on CPU (which the tests use). Multi-node runs take torchrun's usual
+rendezvous flags (--nnodes, --node-rank, --rdzv-endpoint ...): nothing here changes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes logs, metrics and checkpoints."""
+        return self.rank == 0
+
+
+def init(device_name: str) -> tuple[Dist, str]:
+    """Join torchrun's process group if launched by it; returns (Dist, device name to use)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device_name
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    elif device_name == "auto":
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local_rank), device_name
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], device: torch.device, d: Dist) -> list[float]:
+    """Sum each value over all processes (float64, so counts stay exact)."""
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:
+    """True on every process if it is true on any (e.g. a stop signal reached one of them)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def check_batch(global_batch: int, d: Dist) -> int:
+    """The per-process batch: --batch-size is the global batch (the paper's 128), split."""
+    if global_batch % d.world:
+        raise UserError(f"--batch-size {global_batch} does not divide over {d.world} processes")
+    return global_batch // d.world

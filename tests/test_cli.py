@@ -185,3 +185,33 @@ def test_console_script_and_module_entry_points():
     r = subprocess.run([sys.executable, "-m", "alexnet", "predict", "/nonexistent.pt", "/x.jpg"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "/nonexistent.pt" in r.stderr
+
+
+def test_tensorboard_gets_scalars_and_filters(fashion_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(fashion_run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "val/top1", "lr"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("val/top1")] == [1, 2]
+    assert "conv1_filters" in tags["images"]
+
+
+def test_tensorboard_is_optional(monkeypatch, tmp_path):
+    import builtins
+
+    from alexnet.tblog import TensorBoard
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    board = TensorBoard(tmp_path)
+    board.epoch({"epoch": 1}, None)  # does nothing, breaks nothing
+    board.close()
+    assert not (tmp_path / "tensorboard").exists()

@@ -27,6 +27,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=ACTIVATIONS)
     g.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None,
                    help="local response normalisation after conv1 and conv2 (§3.3)")
+    g.add_argument("--groups", action=argparse.BooleanOptionalAction, default=None,
+                   help="two towers in conv2/4/5 (§3.2); --no-groups: one tower")
     g.add_argument("--pooling", choices=POOLINGS, help="overlap = 3/2 (§3.4), nonoverlap = 2/2")
     g.add_argument("--dropout", type=float, help="dropout probability in fc6 and fc7 (§4.2)")
     g.add_argument("--init", choices=INITS, help="weight init (paper: §5)")
@@ -34,7 +36,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _model_options(args) -> dict:
     return {"name": args.model, "input_size": args.input_size, "width": args.width,
-            "activation": args.activation, "lrn": args.lrn, "pooling": args.pooling,
+            "activation": args.activation, "lrn": args.lrn, "groups": args.groups, "pooling": args.pooling,
             "dropout": args.dropout, "init": args.init}
 
 
@@ -283,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1,
                    help="batch of the example input (the batch axis stays dynamic)")
     p.set_defaults(func=cmd_export)
+
+    from .experiments import add_command as add_experiment
+
+    add_experiment(sub)
+    from . import figures  # filters, neighbors, plot: the paper's Figures 3 and 4, curves
+    figures.add_commands(sub)
     return parser
 
 

@@ -37,6 +37,7 @@ class ModelConfig(_Dictable):
     input_size: int = 227        # §3.5 says 224, but 11x11/4 gives 55x55 only from 227
     activation: str = "relu"     # §3.1 ReLU; "tanh" is the Figure 1 comparison
     lrn: bool = True             # §3.3 LRN after the ReLUs of conv1 and conv2
+    groups: bool = True          # §3.2 two towers: conv2/4/5 see half their input (groups=2)
     pooling: str = "overlap"     # §3.4 "overlap" = window 3 stride 2; "nonoverlap" = 2/2
     dropout: float = 0.5         # §4.2 dropout probability in fc6 and fc7
     dropout_placement: str = "output"  # §4.2 on fc6/fc7 outputs; "input" = torchvision's order

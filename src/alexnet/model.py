@@ -19,7 +19,7 @@ init (§5). 60,965,224 parameters with 1000 classes. Departures, all on purpose:
 - fc8 returns logits; the softmax lives in the loss and in predict.
 
 Other variants:
-- `paper-ungrouped`: the same widths in one tower (no groups), 62,378,344 parameters.
+- `paper-ungrouped`: the same widths in one tower (`groups=False`), 62,378,344 parameters.
 - `owt`: torchvision's "one weird trick" AlexNet (64-192-384-256-256, no LRN, no groups,
   11x11/4 pad 2 on 224 inputs, adaptive average pool to 6x6, dropout on the inputs of
   fc6 and fc7), with the same state-dict keys, so torchvision weights load one to one.
@@ -28,13 +28,12 @@ Other variants:
   64 pixel inputs: conv1 is 5x5 stride 1 instead of 11x11 stride 4, and the widths are
   smaller. The default for Fashion-MNIST.
 
-Every variant takes the options of ModelConfig (activation, lrn, pooling, dropout,
-width, in_channels, num_classes, input_size, init).
+Every variant takes the options of ModelConfig (activation, lrn, groups, pooling,
+dropout, width, in_channels, num_classes, input_size, init).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -74,8 +73,7 @@ _PAPER_CONVS = (  # §3.5, Figure 2
 
 ARCHITECTURES: dict[str, Architecture] = {
     "paper": Architecture(_PAPER_CONVS, (4096, 4096), None, {}),
-    "paper-ungrouped": Architecture(
-        tuple(dataclasses.replace(c, groups=1) for c in _PAPER_CONVS), (4096, 4096), None, {}),
+    "paper-ungrouped": Architecture(_PAPER_CONVS, (4096, 4096), None, {"groups": False}),
     # torchvision/models/alexnet.py ("One weird trick", Krizhevsky 2014)
     "owt": Architecture(
         (
@@ -143,8 +141,8 @@ class AlexNet(nn.Module):
         multiple = max(spec.groups for spec in arch.convs)  # every grouped conv's input divides
         for spec in arch.convs:
             out = _scaled(spec.channels, config.width, multiple)
-            layers += [nn.Conv2d(channels, out, spec.kernel, spec.stride, spec.padding,
-                                 groups=spec.groups), act()]
+            groups = spec.groups if config.groups else 1
+            layers += [nn.Conv2d(channels, out, spec.kernel, spec.stride, spec.padding, groups=groups), act()]
             size = _out_size(size, spec.kernel, spec.stride, spec.padding)
             if spec.lrn and config.lrn:
                 layers.append(LocalResponseNorm(out))  # §3.3 constants are its defaults

@@ -28,6 +28,7 @@ from .errors import UserError
 from .imagenet import human_names
 from .model import AlexNet, count_parameters
 from .stats import cached_mean_image
+from .tblog import TensorBoard
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1",
                  "val_top5", "epoch_seconds", "train_images_per_s")
@@ -261,6 +262,7 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
             save_checkpoint(out / "best.pt", state)
 
     val = {}
+    board = TensorBoard(out, enabled=d.main)
     with _StopSignals() as signals:
         for epoch in range(start_epoch, t.epochs):
             train_split.loader.set_epoch(epoch, first_step)
@@ -301,6 +303,7 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
             best_top1 = max(best_top1, val["top1"])
             if d.main:
                 _append_metrics(out / "metrics.csv", row)
+                board.epoch(row, model)
             checkpoint({"epoch": epoch + 1, "step_in_epoch": 0, "metrics": row, "finished": finished},
                        best=is_best)
             if finished:  # §5: three drops, then stop when the error stops improving again
@@ -309,6 +312,7 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
             if signals.received is not None:  # arrived during validation: the epoch is saved
                 distributed.barrier(d)
                 raise Stopped(signals.received, out / "last.pt")
+    board.close()
     unreadable += [f for f in getattr(train_split.loader, "unreadable", []) if f not in unreadable]
     if unreadable and d.main:
         (out / "unreadable.txt").write_text("\n".join(unreadable) + "\n")

@@ -1,0 +1,49 @@
+"""TensorBoard scalars and conv1 filters per epoch, when tensorboard is installed.
+
+Without the tensorboard package this does nothing (metrics.csv has the same numbers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+
+
+def conv1_grid(model: nn.Module) -> torch.Tensor:
+    """conv1's kernels as one image (C, H, W) in [0, 1], each kernel scaled to its own range."""
+    w = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.detach().float().cpu()
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    if w.shape[1] not in (1, 3):  # neither gray nor RGB: show the mean over inputs
+        w = w.mean(1, keepdim=True)
+    return make_grid(w, nrow=max(1, int(w.shape[0] ** 0.5)), padding=1, pad_value=1.0)
+
+
+class TensorBoard:
+    def __init__(self, out: Path, enabled: bool = True):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed
+            return
+        self.writer = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
+
+    def epoch(self, row: dict, model: nn.Module) -> None:
+        if self.writer is None:
+            return
+        step = row["epoch"]
+        for name in ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr",
+                     "train_images_per_s"):
+            self.writer.add_scalar(name.replace("_", "/", 1), row[name], step)
+        self.writer.add_image("conv1_filters", conv1_grid(model), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -38,22 +38,30 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     tune_allocator()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"torch {torch.__version__}, {name}, "
           f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}")
     print(f"{'shape':<14}{'layout':<15}{'torch ms':>10}{'ours ms':>10}{'ratio':>8}{'max |dy|':>11}{'max |dx|':>11}")
     for name, (c, h, w) in SHAPES.items():
         for fmt in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
-            x = (torch.randn(args.batch, c, h, w) * 30).contiguous(memory_format=fmt).requires_grad_()
+            x = (torch.randn(args.batch, c, h, w, device=device) * 30).contiguous(memory_format=fmt)
+            x.requires_grad_()
             g = torch.randn_like(x)
-            ours, ref = LocalResponseNorm(c), torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+            ours = LocalResponseNorm(c).to(device)
+            ref = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
             times = {"ours": [], "ref": []}
             for i in range(args.repeats + 2):
                 for label, layer in (("ours", ours), ("ref", ref)):
+                    sync()
                     t = time.perf_counter()
                     fwd_bwd(layer, x, g)
+                    sync()
                     if i >= 2:
                         times[label].append(time.perf_counter() - t)
             (y1, g1), (y2, g2) = fwd_bwd(ours, x, g), fwd_bwd(ref, x, g)

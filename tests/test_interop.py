@@ -237,7 +237,7 @@ def test_lrn_export_path_is_the_same_function():
     x = torch.randn(2, 96, 13, 13) * 30
     for layout in (torch.contiguous_format, torch.channels_last):
         xl = x.contiguous(memory_format=layout)
-        assert torch.equal(lrn(xl), lrn_expression(xl, lrn.band, lrn.k, lrn.alpha, lrn.beta))
+        assert torch.equal(lrn(xl), lrn_expression(xl, lrn.band, lrn.size, lrn.k, lrn.alpha, lrn.beta))
 
 
 def test_export_bad_input(capsys, tmp_path):

@@ -16,14 +16,15 @@ def lrn_formula(a: torch.Tensor, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Ten
     return out
 
 
+@pytest.mark.parametrize("channels", [12, 100, 256])  # dense band; blocked with a ragged end; blocked
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: pixel-scale activations, LRN matters
-def test_matches_the_formula(channels_last, scale):
+def test_matches_the_formula(channels, channels_last, scale):
     torch.manual_seed(0)
-    x = torch.randn(2, 12, 5, 6) * scale
+    x = torch.randn(2, channels, 5, 6) * scale
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = LocalResponseNorm(12)(x)
+    y = LocalResponseNorm(channels)(x)
     expected = lrn_formula(x)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), expected, rtol=2e-6, atol=1e-6 * scale)
@@ -38,12 +39,13 @@ def test_equals_torch_lrn_with_alpha_times_n():
     torch.testing.assert_close(LocalResponseNorm(16)(x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_gradient_is_exact():
+@pytest.mark.parametrize("channels", [7, 70])
+def test_gradient_is_exact(channels):
     torch.manual_seed(0)
-    x = (torch.randn(2, 7, 3, 4, dtype=torch.float64) * 60).requires_grad_()
-    assert torch.autograd.gradcheck(LocalResponseNorm(7), (x,))
+    x = (torch.randn(2, channels, 3, 2, dtype=torch.float64) * 60).requires_grad_()
+    assert torch.autograd.gradcheck(LocalResponseNorm(channels), (x,))
     xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    assert torch.autograd.gradcheck(LocalResponseNorm(7), (xc,))
+    assert torch.autograd.gradcheck(LocalResponseNorm(channels), (xc,))
 
 
 def test_gradient_matches_autograd_of_formula_float32():

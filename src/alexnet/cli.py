@@ -72,7 +72,8 @@ def cmd_train(args) -> None:
          "step_epochs": args.step_epochs, "warmup_epochs": args.warmup_epochs,
          "plateau_patience": args.plateau_patience, "momentum_rule": args.momentum_rule,
          "label_smoothing": args.label_smoothing, "amp": args.amp,
-         "channels_last": args.channels_last, "device": args.device, "seed": args.seed,
+         "channels_last": args.channels_last, "compile": args.compile, "device": args.device,
+         "seed": args.seed,
          "out": args.out},
         recipe=args.recipe)
     result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
@@ -143,6 +144,13 @@ def cmd_pca(args) -> None:
         with open(args.out, "w") as f:
             f.write(text + "\n")
     print(text)
+
+
+def cmd_pack(args) -> None:
+    from .pack import pack
+
+    pack(args.data, args.out, args.resize, args.workers, args.limit)
+    print(f"alexnet: train from it with --data {args.out}")
 
 
 def cmd_samples(args) -> None:
@@ -217,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast precision (off = fp32)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (minutes to start on a CPU; pays off on GPUs)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int)
     g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")
@@ -263,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--out", help="write the JSON here too (for train --pca)")
     p.set_defaults(func=cmd_pca)
+
+    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store")
+    p.add_argument("data", help="ImageNet-style folder (train/ and val/)")
+    p.add_argument("out", help="the store to create (an empty or new folder)")
+    p.add_argument("--resize", type=int, default=256, help="stored size (§2: 256)")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--limit", type=int, help="pack only this many images per split")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files")
     p.add_argument("--data", default="fashion-mnist")

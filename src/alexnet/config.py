@@ -128,6 +128,7 @@ class TrainConfig(_Dictable):
     label_smoothing: float = 0.0  # 0 in the paper
     amp: str = "off"             # autocast dtype: "off" (fp32), "bf16" or "fp16" (fp16 CUDA only)
     channels_last: bool = True   # NHWC memory layout: faster convolutions on CPU and GPU
+    compile: bool = False        # torch.compile the training step's model (pays off on GPUs)
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     seed: int = 0
     out: str = "runs/alexnet"

@@ -33,6 +33,7 @@ from .config import DataConfig
 from .distributed import Dist, check_batch
 from .errors import UserError
 from .imagenet import FlatFolder, val_labels
+from .pack import is_packed, packed_split
 
 FASHION_MNIST = "fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -154,8 +155,9 @@ class ShardedBatches:
 
 
 class InMemoryLoader:
-    """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB), where a DataLoader's
-    per-item indexing would cost more than the model: one index_select per batch."""
+    """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB) or a packed store's
+    memory-mapped images (pack.py), where a DataLoader's per-item work would cost more
+    than the model: one gather per batch."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches: ShardedBatches):
         self.images, self.labels, self.batches = images, labels, batches
@@ -168,8 +170,11 @@ class InMemoryLoader:
 
     def __iter__(self):
         for idx in self.batches:
-            idx = torch.tensor(idx, dtype=torch.long)
-            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+            if isinstance(self.images, torch.Tensor):
+                images = self.images.index_select(0, torch.tensor(idx, dtype=torch.long))
+            else:  # a packed store's memory-mapped shards
+                images = self.images.take(idx)
+            yield images, self.labels[idx]
 
 
 def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
@@ -349,6 +354,12 @@ def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
     """
     if is_fashion_mnist(cfg):
         return fashion_mnist_split(train, cfg, batch_size, seed, limit, ordered, d)
+    if is_packed(cfg.name):
+        if limit:
+            raise UserError(f"{cfg.name}: --limit is not supported for a packed store")
+        loader, classes, count, fingerprint = packed_split(
+            train, cfg, lambda n: ShardedBatches(n, batch_size, d, shuffle=train and not ordered, seed=seed))
+        return Split(loader, classes, count, fingerprint=fingerprint)
     return folder_split(train, cfg, batch_size, seed, limit, ordered, d, strict)
 
 

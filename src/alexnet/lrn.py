@@ -27,6 +27,7 @@ computed in fp32, since squares of activations above 256 overflow fp16.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,17 +37,45 @@ def band_matrix(channels: int, size: int, device=None) -> torch.Tensor:
     return ((idx[:, None] - idx[None, :]).abs() <= size // 2).float()
 
 
-def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, bias: float | None = None) -> torch.Tensor:
-    """bias + sum over the channel window of x, as one matrix product, in x's memory layout."""
+# Up to this many channels the window sum is one dense C x C matrix product (C multiply-
+# adds per element, all in one well-tuned GEMM); above it, blocks of BLOCK channels with
+# their 2 * (n // 2) neighbours, so that conv2's 256 channels cost 36, not 256, per element.
+DENSE_MAX_CHANNELS = 64
+BLOCK = 32
+
+
+def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, size: int, scale: float = 1.0,
+                        bias: float | None = None) -> torch.Tensor:
+    """bias + scale * (sum of x over the channel window), in x's memory layout.
+
+    band is the C x C 0/1 window matrix (band_matrix). channels_last: a matrix product
+    over (N*H*W, C) rows, dense or blocked. NCHW: the window's shifted slices added up
+    (contiguous blocks in this layout), size - 1 additions per element.
+    """
     n, c, h, w = x.shape
     if x.is_contiguous(memory_format=torch.channels_last):
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (N*H*W, C)
-        out = torch.addmm(rows.new_full((c,), bias), rows, band) if bias is not None else rows @ band
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    out = torch.matmul(band, x.reshape(n, c, h * w))  # band is symmetric: B x == x^T B
-    if bias is not None:
-        out.add_(bias)
-    return out.view(n, c, h, w)
+        if c <= DENSE_MAX_CHANNELS:  # one fused call: bias + scale * rows @ band
+            out = torch.addmm(rows.new_full((c,), 0.0 if bias is None else bias), rows,
+                              band.to(x.dtype), alpha=scale)
+            return out.view(n, h, w, c).permute(0, 3, 1, 2)
+        half, blocks = size // 2, -(-c // BLOCK)
+        padded = F.pad(rows, (half, half + blocks * BLOCK - c))
+        windows = padded.unfold(1, BLOCK + 2 * half, BLOCK)                # (M, blocks, BLOCK + 2h)
+        k = torch.arange(BLOCK + 2 * half, device=x.device)
+        kernel = ((k[:, None] - torch.arange(BLOCK, device=x.device)[None, :] - half).abs()
+                  <= half).to(x.dtype)                                    # (BLOCK + 2h, BLOCK)
+        out = torch.matmul(windows, kernel).reshape(rows.shape[0], -1)[:, :c]
+        out = out.mul_(scale) if scale != 1.0 else out
+        out = out.add_(bias) if bias is not None else out
+        return out.contiguous().view(n, h, w, c).permute(0, 3, 1, 2)
+    half = size // 2
+    padded = F.pad(x, (0, 0, 0, 0, half, half))
+    out = padded[:, :c].clone()
+    for j in range(1, size):
+        out += padded[:, j:j + c]
+    out = out.mul_(scale) if scale != 1.0 else out
+    return out.add_(bias) if bias is not None else out
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -54,37 +83,37 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
-def _denominator(x: torch.Tensor, band: torch.Tensor, k: float, alpha: float):
+def _denominator(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float):
     """x in the compute type, and d = k + alpha * (windowed sum of x^2)."""
     xf = x.to(_compute_dtype(x))
-    return xf, _channel_window_sum(xf * xf, band.to(xf.dtype) * alpha, bias=k)
+    return xf, _channel_window_sum(xf * xf, band, size, scale=alpha, bias=k)
 
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, band, k: float, alpha: float, beta: float):
+    def forward(ctx, x, band, size: int, k: float, alpha: float, beta: float):
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf, denom = _denominator(x, band, k, alpha)
+            xf, denom = _denominator(x, band, size, k, alpha)
             scale = denom.pow(-beta)                                    # d^-beta
             out = xf * scale
-            ctx.save_for_backward(xf, scale, scale / denom, band.to(xf.dtype))
-        ctx.constants = (alpha, beta)
+            ctx.save_for_backward(xf, scale, scale / denom, band)
+        ctx.constants = (size, alpha, beta)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         xf, scale, scale_over_denom, band = ctx.saved_tensors
-        alpha, beta = ctx.constants
+        size, alpha, beta = ctx.constants
         with torch.autocast(device_type=xf.device.type, enabled=False):
             g = grad_out.to(xf.dtype)
             t = g * xf
             t.mul_(scale_over_denom)                                    # g * b / d
             grad = g * scale
-            grad.addcmul_(xf, _channel_window_sum(t, band), value=-2.0 * alpha * beta)
-        return grad.to(grad_out.dtype), None, None, None, None
+            grad.addcmul_(xf, _channel_window_sum(t, band, size), value=-2.0 * alpha * beta)
+        return grad.to(grad_out.dtype), None, None, None, None, None
 
 
-def lrn_expression(x: torch.Tensor, band: torch.Tensor, k: float, alpha: float,
+def lrn_expression(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float,
                    beta: float) -> torch.Tensor:
     """_LRNFunction's forward as plain tensor operations (the same ones, so the same numbers).
 
@@ -92,7 +121,7 @@ def lrn_expression(x: torch.Tensor, band: torch.Tensor, k: float, alpha: float,
     autograd.Function as a Python call it cannot save, and the TorchScript ONNX exporter
     sees inside it only through its deprecated autograd inlining.
     """
-    xf, denom = _denominator(x, band, k, alpha)
+    xf, denom = _denominator(x, band, size, k, alpha)
     return (xf * denom.pow(-beta)).to(x.dtype)
 
 
@@ -112,8 +141,8 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return lrn_expression(x, self.band, self.k, self.alpha, self.beta)
-        return _LRNFunction.apply(x, self.band, self.k, self.alpha, self.beta)
+            return lrn_expression(x, self.band, self.size, self.k, self.alpha, self.beta)
+        return _LRNFunction.apply(x, self.band, self.size, self.k, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
         return (f"{self.band.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, "

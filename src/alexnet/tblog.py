@@ -14,10 +14,9 @@ from torchvision.utils import make_grid
 
 def conv1_grid(model: nn.Module) -> torch.Tensor:
     """conv1's kernels as one image (C, H, W) in [0, 1], each kernel scaled to its own range."""
-    w = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.detach().float().cpu()
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    from .figures import normalise_kernels
+
+    w = normalise_kernels(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight)
     if w.shape[1] not in (1, 3):  # neither gray nor RGB: show the mean over inputs
         w = w.mean(1, keepdim=True)
     return make_grid(w, nrow=max(1, int(w.shape[0] ** 0.5)), padding=1, pad_value=1.0)

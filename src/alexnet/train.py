@@ -221,6 +221,8 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if ddp_bf16:  # halves the all-reduce volume (docs/SCALING.md)
             net.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    if t.compile:
+        net = torch.compile(net)
 
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, t, len(train_split.loader))

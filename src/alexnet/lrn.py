@@ -40,7 +40,7 @@ def band_matrix(channels: int, size: int, device=None) -> torch.Tensor:
 # Up to this many channels the window sum is one dense C x C matrix product (C multiply-
 # adds per element, all in one well-tuned GEMM); above it, blocks of BLOCK channels with
 # their 2 * (n // 2) neighbours, so that conv2's 256 channels cost 36, not 256, per element.
-DENSE_MAX_CHANNELS = 64
+DENSE_MAX_CHANNELS = 128
 BLOCK = 32
 
 
@@ -65,7 +65,8 @@ def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, size: int, scale: f
         k = torch.arange(BLOCK + 2 * half, device=x.device)
         kernel = ((k[:, None] - torch.arange(BLOCK, device=x.device)[None, :] - half).abs()
                   <= half).to(x.dtype)                                    # (BLOCK + 2h, BLOCK)
-        out = torch.matmul(windows, kernel).reshape(rows.shape[0], -1)[:, :c]
+        # one GEMM over all (row, block) pairs; the reshape copies the overlapping windows
+        out = torch.mm(windows.reshape(-1, windows.shape[-1]), kernel).view(rows.shape[0], -1)[:, :c]
         out = out.mul_(scale) if scale != 1.0 else out
         out = out.add_(bias) if bias is not None else out
         return out.contiguous().view(n, h, w, c).permute(0, 3, 1, 2)

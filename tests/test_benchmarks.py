@@ -1,0 +1,22 @@
+"""The benchmark scripts run (on the CPU, tiny sizes): what benchmarks/gpu.sh calls on a GPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], check=True)
+
+
+def test_speed_script_packed_and_decode_on_cpu():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "packed", "decode",
+                        "--device", "cpu", "--images", "16", "--repeats", "1", "--batch", "8"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "training from a packed store" in r.stdout and "projected 90 ImageNet epochs" in r.stdout
+    assert "JPEG decoding, 16 images" in r.stdout

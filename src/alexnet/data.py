@@ -111,7 +111,7 @@ def fashion_mnist(train: bool, cfg: DataConfig) -> datasets.FashionMNIST:
     try:
         if cfg.download:
             root = cfg.data_dir or str(cache_dir() / "fashion-mnist" / "download")
-            return datasets.FashionMNIST(root, train=train, download=True)
+            return datasets.FashionMNIST(root, train=train, download=cfg.download)  # the user asked
         return datasets.FashionMNIST(_materialise(_find_fashion_mnist(cfg.data_dir)), train=train)
     except RuntimeError as e:  # torchvision's "Dataset not found" / corrupt IDX files
         raise UserError(f"Fashion-MNIST: {e}") from e

@@ -59,6 +59,14 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + rank
 
 
+def _totals(loss_sum, correct_sum, seen: int, device, d: Dist, where: str) -> list[float]:
+    """(loss sum, correct, images) over all processes; a NaN or infinite loss raises."""
+    totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
+    if not math.isfinite(totals[0]):
+        raise NonFiniteLoss(f"loss is {totals[0]} at {where}")
+    return totals
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, device, amp: str,
                     label_smoothing: float = 0.0, desc: str = "train", log_every: int = 20,
                     seed: int = 0, epoch: int = 0, first_step: int = 0, d: Dist = Dist(),
@@ -75,7 +83,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
                total=len(loader) - first_step)
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    seen, step, stopped, totals = 0, first_step, False, [0.0, 0.0, 0.0]
+    seen, step, stopped = 0, first_step, False
     for step, (images, labels) in enumerate(bar, start=first_step):
         torch.manual_seed(step_seed(seed, epoch, step, d.rank))
         images = preprocess(images.to(device, non_blocking=True), train=True)
@@ -94,19 +102,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
         correct_sum += (logits.detach().argmax(1) == labels).sum()
         seen += n
         last = step + 1 == len(loader)
-        if (step + 1) % log_every == 0 or last:
+        if (step + 1) % log_every == 0 and not last:
             # one host sync (and one small all-reduce under DDP) every log_every steps
-            totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
-            if not math.isfinite(totals[0]):
-                raise NonFiniteLoss(f"loss is {totals[0]} at step {step + 1} of {desc}")
+            totals = _totals(loss_sum, correct_sum, seen, device, d, f"step {step + 1} of {desc}")
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                             img_s=f"{totals[2] / (time.perf_counter() - start):.0f}", refresh=False)
         if any_flag(should_stop(), device, d) and not last:
             stopped = True
-            totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
             break
     bar.close()
+    totals = _totals(loss_sum, correct_sum, seen, device, d, desc)
     elapsed = time.perf_counter() - start
     images = max(totals[2], 1.0)
     return {"loss": totals[0] / images, "acc": totals[1] / images, "images": int(totals[2]),

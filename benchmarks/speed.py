@@ -56,9 +56,9 @@ def median_times(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) ->
 def table(title: str, rows: list[tuple[str, float, float]], unit: str) -> None:
     """rows: (name, value, ratio to the first row)."""
     print(f"\n{title}")
-    print(f"{'':<42}{unit:>14}{'ratio':>9}")
+    print(f"{'':<52}{unit:>12}{'ratio':>9}")
     for name, value, ratio in rows:
-        print(f"{name:<42}{value:>14.1f}{ratio:>8.2f}x")
+        print(f"{name:<52}{value:>12.1f}{ratio:>8.2f}x")
 
 
 def plain_port(model):
@@ -161,9 +161,10 @@ def _onnx_runner(batch: int):
     return lambda: session.run(None, feed)
 
 
-def _jpegs(folder: Path, count: int) -> Path:
-    """count JPEGs of 400x350 .. 500x500 from scikit-image's photos in train/<class>/, and
-    one per class in val/<class>/ (pack wants both splits)."""
+def _jpegs(folder: Path, count: int, sides: tuple[int, int] = (350, 500)) -> Path:
+    """count JPEGs with sides in `sides` (the longer at least 400 for ImageNet-like sizes)
+    from scikit-image's photos in train/<class>/, and one per class in val/<class>/ (pack
+    wants both splits)."""
     from PIL import Image
     from skimage import data as skdata
 
@@ -171,8 +172,8 @@ def _jpegs(folder: Path, count: int) -> Path:
     g = torch.Generator().manual_seed(0)
     for i in range(count):
         img = Image.fromarray(photos[i % len(photos)])
-        w, h = (int(v) for v in torch.randint(350, 501, (2,), generator=g))
-        w = max(w, 400)
+        w, h = (int(v) for v in torch.randint(sides[0], sides[1] + 1, (2,), generator=g))
+        w = max(w, min(400, sides[1]))
         d = folder / "train" / f"c{i % 4}"
         d.mkdir(parents=True, exist_ok=True)
         img.resize((w, h)).save(d / f"{i}.jpg", quality=90)
@@ -191,7 +192,7 @@ def bench_pipeline(args, device, sync) -> None:
     from alexnet.pack import pack
 
     root = Path(tempfile.mkdtemp())
-    data = _jpegs(root / "jpegs", args.images)
+    data = _jpegs(root / "jpegs", args.images, args.sides)
     usual = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                 transforms.ToTensor(),
                                 transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
@@ -207,17 +208,22 @@ def bench_pipeline(args, device, sync) -> None:
         for i in range(n):
             tv[i]
 
-    def run(split):
+    def run(split, augment: bool):
         def go():
             for x, _ in split.loader:
-                prep(x.to(device), train=True)
+                if augment:
+                    prep(x.to(device), train=True)
         return go
     t = median_times({"torchvision ImageFolder + usual transforms": torchvision_usual,
-                      "alexnet folder (uint8 256, batched crops/lighting)": run(ours),
-                      "alexnet packed store": run(packed)}, args.repeats, warmup=1, sync=sync)
+                      "alexnet folder: uint8 256 (a worker's part)": run(ours, False),
+                      "alexnet folder + crops/mirrors/lighting here": run(ours, True),
+                      "alexnet packed store: read (a worker's part)": run(packed, False),
+                      "alexnet packed store + crops/mirrors/lighting here": run(packed, True)},
+                     args.repeats, warmup=1, sync=sync)
     base = t["torchvision ImageFolder + usual transforms"]
-    table(f"input pipeline, {n} JPEGs of 400x350..500x500, one process", [(k, n / v, base / v) for k, v in t.items()],
-          "images/s")
+    lo, hi = args.sides
+    table(f"input pipeline, {n} JPEGs of {max(lo, min(400, hi))}..{hi} x {lo}..{hi}, one process, {device}",
+          [(k, n / v, base / v) for k, v in t.items()], "images/s")
 
 
 def bench_packed(args, device, sync) -> None:
@@ -282,6 +288,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also torch.compile (slow to start on CPU)")
     p.add_argument("--images", type=int, default=200, help="JPEGs for the pipeline measure")
+    p.add_argument("--sides", type=int, nargs=2, default=(350, 500), metavar=("MIN", "MAX"),
+                   help="JPEG side lengths for the pipeline measure (ImageNet-like: 350 500)")
     p.add_argument("--inner", type=int, default=None, help="steps per timed call (default 1 on CPU, 10 on GPU)")
     args = p.parse_args()
     device = torch.device(args.device)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from alexnet.augment import Preprocess, pca_lighting, random_crop_flip
+from alexnet.augment import (Preprocess, _cut_by_gather, _cut_by_slices, pca_lighting, random_crop_flip,
+                             random_crops)
 from alexnet.config import DataConfig
 
 
@@ -96,3 +97,15 @@ def test_small_data_is_resized_to_the_model_input():
 def test_crop_larger_than_image_is_an_error():
     with pytest.raises(ValueError, match="larger"):
         random_crop_flip(torch.zeros(1, 1, 4, 4), 5)
+
+
+@pytest.mark.parametrize("batch", [7, 1])  # a batch, and one image (the mean image) cut 7 times
+def test_cpu_slices_and_device_gather_cut_the_same_crops(batch):
+    """The CPU cuts crops with a loop of slices, other devices with one gather: same bytes."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 16, 13)
+    crops = random_crops(7, 16, 13, 11, "cpu")
+    a, b = _cut_by_slices(x, crops), _cut_by_gather(x, crops)
+    assert a.shape == b.shape == (7, 3, 11, 11) and torch.equal(a, b)
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert crops.flip.any() and not crops.flip.all()

@@ -86,3 +86,26 @@ def test_load_image_missing_and_directory(tmp_path):
         load_image(tmp_path / "missing.png", 3)
     with pytest.raises(UserError, match="not a file"):
         load_image(tmp_path, 3)
+
+
+@pytest.mark.parametrize("size, scale", [((1100, 1030), 4), ((600, 520), 2), ((500, 375), 1)])
+def test_draft_decodes_large_jpegs_at_reduced_size(tmp_path, size, scale):
+    """Training decodes a JPEG at 1/2, 1/4 or 1/8 size while both sides stay >= the resize
+    (libjpeg's DCT scaling); after the resize to 256 it is the full decode up to filtering.
+    500x375 (ImageNet's most common size) is decoded whole."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from alexnet.data import stored_transform
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(skdata.astronaut()).resize(size).save(path, quality=95)
+    full, small = load_image(path, 3), load_image(path, 3, draft=256)
+    assert full.size == size
+    assert small.size == tuple(-(-s // scale) for s in size) and min(small.size) >= 256
+    a, b = (stored_transform(256)(img).float() for img in (full, small))
+    assert a.shape == b.shape == (3, 256, 256)
+    # the same picture: no colour or brightness shift, detail in the same places (a shift
+    # of half a pixel from resampling 275 -> 273 still moves sharp edges a little)
+    assert abs((a - b).mean()) < 0.5
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.98  # 0.989 at 1/4

@@ -74,3 +74,29 @@ def test_band_is_not_in_the_state_dict_and_follows_dtype_moves():
     m = LocalResponseNorm(6)
     assert list(m.state_dict()) == []
     assert m.band.shape == (6, 6) and int(m.band.sum()) == 6 * 5 - 2 * 3  # 5-wide band, clipped
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_compiled_training_step_equals_eager(amp):
+    """torch.compile (train --compile) under bf16 autocast: TorchDynamo used to lose the
+    autocast state after the LRN's Function, and the next layer failed on bf16 input."""
+    import torch.nn.functional as F
+
+    from alexnet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small", num_classes=10, dropout=0.0).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last) * 3
+    y = torch.arange(4)
+    compiled = torch.compile(model)
+    losses, grads = [], []
+    for net in (model, compiled):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.features[0].weight.grad.clone())
+    tol = dict(rtol=3e-2, atol=3e-2) if amp else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[1], losses[0], **tol)
+    torch.testing.assert_close(grads[1], grads[0], **tol)

@@ -190,8 +190,13 @@ def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int
 
 # ----------------------------------------------------------------------------- image files
 
-def load_image(path: str | Path, channels: int) -> Image.Image:
+def load_image(path: str | Path, channels: int, draft: int | None = None) -> Image.Image:
     """Open an image file as RGB (channels=3) or grayscale (channels=1), EXIF-upright.
+
+    draft: a JPEG whose sides are both at least twice this is decoded at 1/2, 1/4 or 1/8
+    size by libjpeg itself (PIL's draft mode), keeping both sides at least `draft`: the
+    training path scales the shorter side down to `resize` anyway, and the full-size
+    pixels would be decoded only to be averaged away. None: every pixel, as torchvision.
 
     Grayscale, CMYK, palette and RGBA files are converted (alpha is dropped, as
     torchvision's loader does), so a colour model takes a grayscale photo and a grayscale
@@ -219,10 +224,13 @@ def load_image(path: str | Path, channels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img)
+                if draft:
+                    img.draft(None, (draft, draft))
+                ImageOps.exif_transpose(img, in_place=True)  # not a copy of every upright image
                 if img.mode.startswith("I"):  # 16- or 32-bit integers: 65535 -> 255
                     img = img.convert("I").point(lambda v: v / 257)
-                img = img.convert("RGB" if channels == 3 else "L")
+                mode = "RGB" if channels == 3 else "L"
+                img = img if img.mode == mode else img.convert(mode)  # convert() copies even then
                 img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))
@@ -315,7 +323,9 @@ def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: no such directory (expected {root}/train/<class>/* "
                         f"and {root}/val/<class>/*)")
-    load = functools.partial(load_image, channels=cfg.channels)
+    # training images are only ever seen at `resize`; validation decodes every pixel, as
+    # torchvision does, so that evaluation matches torchvision's preprocessing
+    load = functools.partial(load_image, channels=cfg.channels, draft=cfg.resize if train else None)
     try:
         if train or any(e.is_dir() for e in os.scandir(split_dir)):  # <split>/<class>/*
             ds = datasets.ImageFolder(str(split_dir), transform=stored_transform(cfg.resize), loader=load)

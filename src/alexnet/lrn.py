@@ -141,8 +141,12 @@ class LocalResponseNorm(nn.Module):
         self.register_buffer("band", band_matrix(channels, size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return lrn_expression(x, self.band, self.size, self.k, self.alpha, self.beta)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            # Tracers and torch.compile get plain operations (compile derives the backward and
+            # fuses them). Not the Function: TorchDynamo (torch 2.14) loses the autocast state
+            # after a Function that switches autocast off inside, and the next bf16 layer fails.
+            with torch.autocast(x.device.type, enabled=False):
+                return lrn_expression(x, self.band, self.size, self.k, self.alpha, self.beta)
         return _LRNFunction.apply(x, self.band, self.size, self.k, self.alpha, self.beta)
 
     def extra_repr(self) -> str:

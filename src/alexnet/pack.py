@@ -113,14 +113,15 @@ class PackedImages:
         return self.count
 
     def take(self, idx: list[int]) -> torch.Tensor:
-        """The images at these indices as one uint8 tensor (sorted reads, original order)."""
+        """The images at these indices as one uint8 tensor: one numpy gather per shard, in
+        ascending order within it (sequential reads), written back in the original order."""
+        idx = np.asarray(idx, dtype=np.int64)
         out = np.empty((len(idx), *self.shape), dtype=np.uint8)
-        order = np.argsort(idx, kind="stable")
-        bounds = self.starts + [self.count]
-        for pos in order:
-            i = idx[pos]
-            s = np.searchsorted(bounds, i, side="right") - 1
-            out[pos] = self.maps[s][i - self.starts[s]]
+        shard_of = np.searchsorted(self.starts, idx, side="right") - 1
+        for s in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == s)
+            where = where[np.argsort(idx[where], kind="stable")]
+            out[where] = self.maps[s][idx[where] - self.starts[s]]
         return torch.from_numpy(out)
 
 

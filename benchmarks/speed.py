@@ -11,7 +11,8 @@ train     one SGD step (forward, backward, update) of the `paper` model against
           torchvision.models.alexnet, eager fp32, same batch (ours at 227, torchvision at
           224, each its own native size); also "plain port" = ours with
           torch.nn.LocalResponseNorm, and ours with bf16 autocast + channels_last
-          (+ torch.compile with --compile).
+          (+ torch.compile with --compile). torchvision and the plain port step with
+          torch.optim.SGD's defaults, ours with its training optimizer (fused SGD).
 infer     images/s at batch 32 and batch-1 latency: torchvision eager fp32 against ours
           fp32, bf16 + channels_last, compiled, and ONNX Runtime (CPU).
 pipeline  images/s per worker process of the input pipeline on real JPEGs of ImageNet-like
@@ -34,9 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from alexnet.config import TrainConfig
 from alexnet.engine import autocast
 from alexnet.model import build_model
 from alexnet.runtime import tune_allocator
+from alexnet.train import make_optimizer
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict:
@@ -89,7 +92,10 @@ def bench_train(args, device, sync) -> None:
         fmt = torch.channels_last if cl else torch.contiguous_format
         model = model.to(device, memory_format=fmt).train()
         net = torch.compile(model) if compiled else model
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4, foreach=True)
+        if name.startswith("alexnet"):  # our training step's optimizer (fused SGD)
+            opt = make_optimizer(model, TrainConfig(lr=1e-4, momentum=0.9, weight_decay=5e-4))
+        else:  # what a torchvision user writes
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
         x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=fmt)
         y = torch.randint(0, 1000, (b,), device=device)
 

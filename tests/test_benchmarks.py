@@ -20,3 +20,14 @@ def test_speed_script_packed_and_decode_on_cpu():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "training from a packed store" in r.stdout and "projected 90 ImageNet epochs" in r.stdout
     assert "JPEG decoding, 16 images" in r.stdout
+
+
+def test_agreement_script(fashion_run):
+    import re
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agreement.py"), str(fashion_run / "best.pt"),
+                        "--limit", "200"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    same = {m[0]: int(m[1]) for m in re.findall(r"^(\S+(?: compiled)?)\s+top-1 .* on (\d+) of 200$", r.stdout, re.M)}
+    assert same["fp32"] == 200 and same["bf16"] >= 190 and same["bf16 compiled"] >= 190, r.stdout

@@ -109,3 +109,19 @@ def test_draft_decodes_large_jpegs_at_reduced_size(tmp_path, size, scale):
     # of half a pixel from resampling 275 -> 273 still moves sharp edges a little)
     assert abs((a - b).mean()) < 0.5
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.98  # 0.989 at 1/4
+
+
+def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
+    import os
+
+    from alexnet.data import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert default_workers() == 1

@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast precision (off = fp32)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (minutes to start on a CPU; pays off on GPUs)")
+                   help="torch.compile the model (for GPUs: on a CPU it trained slower than eager, "
+                        "docs/BENCHMARKS.md)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int)
     g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")

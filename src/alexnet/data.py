@@ -253,8 +253,12 @@ def stored_transform(resize: int) -> v2.Transform:
 
 
 def default_workers() -> int:
-    """DataLoader workers: one per core, leaving one for the training process."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """DataLoader workers per training process: the cores this process may use (its CPU
+    affinity, which containers and job schedulers set), shared among the processes
+    torchrun starts on this machine, less one each for the training process itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    return max(1, cores // max(1, local) - 1)
 
 
 class _Tolerant(torch.utils.data.Dataset):

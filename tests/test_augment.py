@@ -109,3 +109,11 @@ def test_cpu_slices_and_device_gather_cut_the_same_crops(batch):
     assert a.shape == b.shape == (7, 3, 11, 11) and torch.equal(a, b)
     assert a.is_contiguous(memory_format=torch.channels_last)
     assert crops.flip.any() and not crops.flip.all()
+
+
+def test_float_input_is_not_modified():
+    cfg = DataConfig(mean=(10.0,), std=(2.0,))
+    x = torch.full((2, 1, 8, 8), 30.0)
+    for train in (True, False):
+        y = Preprocess(cfg, 6, torch.device("cpu"))(x, train=train)
+        assert torch.equal(x, torch.full((2, 1, 8, 8), 30.0)) and torch.allclose(y, torch.full_like(y, 10.0))

@@ -126,7 +126,7 @@ class Preprocess:
 
     def normalise(self, x: torch.Tensor, mean: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
         """Float, mean subtracted, lit (if shift), divided by std; one new tensor, in place after."""
-        x = x.float().sub_(mean)
+        x = x.to(torch.float32, copy=True).sub_(mean)  # a copy even of float input: never the caller's
         if shift is not None:
             x.add_(shift)
         return x.mul_(self.inv_std)

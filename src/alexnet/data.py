@@ -109,9 +109,9 @@ def _materialise(files: dict[str, Path]) -> Path:
 
 def fashion_mnist(train: bool, cfg: DataConfig) -> datasets.FashionMNIST:
     try:
-        if cfg.download:
+        if cfg.download:  # only when the user asks (--download); never a default or a test
             root = cfg.data_dir or str(cache_dir() / "fashion-mnist" / "download")
-            return datasets.FashionMNIST(root, train=train, download=cfg.download)  # the user asked
+            return datasets.FashionMNIST(root, train=train, download=cfg.download)
         return datasets.FashionMNIST(_materialise(_find_fashion_mnist(cfg.data_dir)), train=train)
     except RuntimeError as e:  # torchvision's "Dataset not found" / corrupt IDX files
         raise UserError(f"Fashion-MNIST: {e}") from e

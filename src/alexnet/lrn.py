@@ -84,6 +84,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
+def _power(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """d ** -beta. In bf16 with the paper's beta = 0.75, as 1 / sqrt(d * sqrt(d)): within an
+    ulp of pow, and 2.5x faster on the CPU measured (the whole layer 15-20%), where bf16
+    pow is slow. In fp32 pow was as fast, and it rounds once."""
+    return torch.rsqrt(d * d.sqrt()) if beta == 0.75 and d.dtype == torch.bfloat16 else d.pow(-beta)
+
+
 def _denominator(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float):
     """x in the compute type, and d = k + alpha * (windowed sum of x^2)."""
     xf = x.to(_compute_dtype(x))
@@ -95,7 +102,7 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx, x, band, size: int, k: float, alpha: float, beta: float):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf, denom = _denominator(x, band, size, k, alpha)
-            scale = denom.pow(-beta)                                    # d^-beta
+            scale = _power(denom, beta)                                 # d^-beta
             out = xf * scale
             ctx.save_for_backward(xf, scale, scale / denom, band)
         ctx.constants = (size, alpha, beta)
@@ -123,7 +130,7 @@ def lrn_expression(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alp
     sees inside it only through its deprecated autograd inlining.
     """
     xf, denom = _denominator(x, band, size, k, alpha)
-    return (xf * denom.pow(-beta)).to(x.dtype)
+    return (xf * _power(denom, beta)).to(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):

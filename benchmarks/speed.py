@@ -1,18 +1,20 @@
 """Speed against torchvision, measured side by side in one process; only ratios count.
 
-    python benchmarks/speed.py [train] [infer] [pipeline] [--device cpu|cuda] [--batch N]
+    python benchmarks/speed.py [small] [train] [infer] [pipeline] [--device cpu|cuda] [--batch N]
                                [--repeats R] [--compile] [--images N]
 
 Every measure alternates baseline and candidates, after warm-up, and reports the median
 of R repeats. Printed with the machine, torch version and the command: paste into
 docs/BENCHMARKS.md.
 
+small     the Fashion-MNIST recipe's training step (model `small`, batch 128): fp32, bf16
+          and --amp auto's choice, with model GFLOP/s as a fraction of the fp32 matmul peak.
 train     one SGD step (forward, backward, update) of the `paper` model against
           torchvision.models.alexnet, eager fp32, same batch (ours at 227, torchvision at
           224, each its own native size); also "plain port" = ours with
-          torch.nn.LocalResponseNorm, and ours with bf16 autocast + channels_last
-          (+ torch.compile with --compile). torchvision and the plain port step with
-          torch.optim.SGD's defaults, ours with its training optimizer (fused SGD).
+          torch.nn.LocalResponseNorm, ours with bf16 autocast + channels_last (+ torch.compile
+          with --compile), and ours with what --amp auto picks. torchvision and the plain
+          port step with torch.optim.SGD's defaults, ours with its training optimizer (fused SGD).
 infer     images/s at batch 32 and batch-1 latency: torchvision eager fp32 against ours
           fp32, bf16 + channels_last, compiled, and ONNX Runtime (CPU).
 pipeline  images/s per worker process of the input pipeline on real JPEGs of ImageNet-like
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from alexnet.config import TrainConfig
 from alexnet.engine import autocast
 from alexnet.model import build_model
+from alexnet.plan import PRECISION_NAMES
 from alexnet.runtime import tune_allocator
 from alexnet.train import make_optimizer
 
@@ -87,6 +90,10 @@ def bench_train(args, device, sync) -> None:
     }
     if args.compile:
         candidates["alexnet paper, bf16 channels_last, compiled"] = (build_model("paper"), 227, "bf16", True, True)
+    auto = auto_precision(build_model("paper"), 3, 227, b, device)
+    print(f"--amp auto, paper model, batch {b}: {auto.describe()}")
+    candidates[f"alexnet paper, --amp auto ({PRECISION_NAMES[auto.amp]}) channels_last"] = (
+        build_model("paper"), 227, auto.amp, True, False)
     steps = {}
     for name, (model, size, amp, cl, compiled) in candidates.items():
         fmt = torch.channels_last if cl else torch.contiguous_format
@@ -112,6 +119,59 @@ def bench_train(args, device, sync) -> None:
     rows = [(k, b * args.inner / v, base / v) for k, v in t.items()]
     table(f"training step, batch {b}, {device}, synthetic input", rows, "images/s")
     project(rows)
+
+
+def auto_precision(model, channels: int, size: int, batch: int, device):
+    """What `alexnet train --amp auto` chooses for this model and batch on this machine."""
+    from alexnet.engine import train_step
+    from alexnet.plan import choose_precision, training_step_timer
+
+    model = model.to(device, memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, model.config.num_classes, (batch,), device=device)
+    measure = training_step_timer(model, lambda m: make_optimizer(m, TrainConfig()),
+                                  lambda r, o, s, xx, yy, amp: train_step(r, o, s, xx, yy, amp), (x, y), device)
+    return choose_precision("auto", device, measure)
+
+
+def matmul_peak(device, sync, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n fp32 matrix product: the machine's practical fp32 peak."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = median_times({"mm": lambda: a @ b}, repeats, sync=sync)["mm"]
+    return 2 * n ** 3 / t / 1e9
+
+
+def bench_small(args, device, sync) -> None:
+    """The Fashion-MNIST recipe's training step (model `small`, batch 128, label smoothing,
+    fused SGD): fp32, bf16 and what --amp auto picks; model GFLOP/s (3x the forward's
+    multiply-adds, 2 FLOPs each) and their fraction of the fp32 matmul peak."""
+    from alexnet.engine import train_step
+    from alexnet.model import summarize
+    from alexnet.presets import resolve
+
+    cfg = resolve("fashion-mnist", {}, {}, {})
+    m, b = cfg.model, cfg.train.batch_size
+    flops = 6 * summarize(build_model(m.name, **{k: v for k, v in m.to_dict().items() if k != "name"}))["macs"]
+    auto = auto_precision(build_model("small", init=m.init), m.in_channels, m.input_size, b, device)
+    print(f"--amp auto, small model, batch {b}: {auto.describe()}")
+    steps = {}
+    for amp in ("off", "bf16"):
+        model = build_model("small", init=m.init).to(device, memory_format=torch.channels_last)
+        opt = make_optimizer(model, cfg.train)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        x = torch.randn(b, 1, m.input_size, m.input_size, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (b,), device=device)
+        steps[amp] = (lambda model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp:
+                      train_step(model, opt, scaler, x, y, amp, cfg.train.label_smoothing))
+    t = median_times(steps, args.repeats * 4, sync=sync)
+    peak = matmul_peak(device, sync)
+    print(f"\nsmall model training step, batch {b}, {device}: {flops / 1e6:.0f} MFLOP per image; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s (2048 x 2048)")
+    print(f"{'':<28}{'images/s':>10}{'ratio':>8}{'GFLOP/s':>10}{'of peak':>9}")
+    for name, amp in (("fp32", "off"), ("bf16", "bf16"), (f"auto ({PRECISION_NAMES[auto.amp]})", auto.amp)):
+        rate = b / t[amp]
+        print(f"{name:<28}{rate:>10.0f}{t['off'] / t[amp]:>7.2f}x{rate * flops / 1e9:>10.1f}"
+              f"{rate * flops / 1e9 / peak:>8.0%}")
 
 
 IMAGENET_TRAIN = 1_281_167  # ILSVRC-2012 training images
@@ -307,8 +367,8 @@ def main() -> None:
     print(f"$ python benchmarks/speed.py {' '.join(sys.argv[1:])}")
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, median of {args.repeats}")
     for what in args.what:
-        {"train": bench_train, "infer": bench_infer, "pipeline": bench_pipeline, "packed": bench_packed,
-         "decode": bench_decode}[what](args, device, sync)
+        {"train": bench_train, "small": bench_small, "infer": bench_infer, "pipeline": bench_pipeline,
+         "packed": bench_packed, "decode": bench_decode}[what](args, device, sync)
 
 
 if __name__ == "__main__":

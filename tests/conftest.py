@@ -115,3 +115,20 @@ def imagenet(tmp_path_factory) -> Path:
                               ("num_children", "O")])
     scipy.io.savemat(devkit / "meta.mat", {"synsets": synsets})
     return root
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """A user's own small folder of real photos (photo_data.make_photo_folder): 3 classes,
+    8 training and 3 validation images each, some grayscale or CMYK, a PNG, odd sizes."""
+    from photo_data import make_photo_folder
+
+    return make_photo_folder(tmp_path_factory.mktemp("photo-folder"))
+
+
+@pytest.fixture(scope="session")
+def photo_folder_96(tmp_path_factory) -> Path:
+    """The same photos, 32 training images a class (96): 3 steps an epoch at batch 32."""
+    from photo_data import make_photo_folder
+
+    return make_photo_folder(tmp_path_factory.mktemp("photo-folder-96"), train_per_class=32)

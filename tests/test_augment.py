@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alexnet.augment import (Preprocess, _cut_by_gather, _cut_by_slices, pca_lighting, random_crop_flip,
+from alexnet.augment import (Preprocess, _cut_by_gather, _cut_by_slices, cut, pca_lighting, random_crop_flip,
                              random_crops)
 from alexnet.config import DataConfig
 
@@ -108,6 +108,17 @@ def test_cpu_slices_and_device_gather_cut_the_same_crops(batch):
     a, b = _cut_by_slices(x, crops), _cut_by_gather(x, crops)
     assert a.shape == b.shape == (7, 3, 11, 11) and torch.equal(a, b)
     assert a.is_contiguous(memory_format=torch.channels_last)
+    assert crops.flip.any() and not crops.flip.all()
+
+
+def test_whole_image_crops_are_the_mirrors_alone():
+    """Crops the size of the image take the batched mirror path: the same bytes as a cut."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (9, 1, 12, 12), dtype=torch.uint8)
+    crops = random_crops(9, 12, 12, 12, "cpu")
+    a, b = cut(x, crops), _cut_by_gather(x, crops)
+    assert torch.equal(a, b) and a.dtype == torch.uint8
+    assert torch.equal(a[crops.flip], x[crops.flip].flip(-1)) and torch.equal(a[~crops.flip], x[~crops.flip])
     assert crops.flip.any() and not crops.flip.all()
 
 

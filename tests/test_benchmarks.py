@@ -22,6 +22,15 @@ def test_speed_script_packed_and_decode_on_cpu():
     assert "JPEG decoding, 16 images" in r.stdout
 
 
+def test_speed_script_small_model_and_auto_precision():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "small", "--device", "cpu",
+                        "--repeats", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--amp auto, small model, batch 96: precision" in r.stdout and "fp32 matmul peak" in r.stdout
+    assert "auto (" in r.stdout and "of peak" in r.stdout
+
+
 def test_agreement_script(fashion_run):
     import re
 

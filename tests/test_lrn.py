@@ -100,3 +100,25 @@ def test_compiled_training_step_equals_eager(amp):
     tol = dict(rtol=3e-2, atol=3e-2) if amp else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses[1], losses[0], **tol)
     torch.testing.assert_close(grads[1], grads[0], **tol)
+
+
+@pytest.mark.parametrize("shape", [(2, 96, 55, 55), (2, 256, 27, 27),   # paper conv1, conv2
+                                   (4, 36, 24, 24), (4, 96, 11, 11),    # small conv1, conv2
+                                   (4, 28, 24, 24), (4, 72, 11, 11)])   # small at width 0.75
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last):
+    """fp32 against the formula in float64, on the shapes the models use: < 1e-5 relative
+    (largest error over largest value) for the output and the input gradient."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(shape)) * 60  # ReLU outputs at a scale where LRN matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(shape)
+    y = LocalResponseNorm(shape[1])(x)
+    y.backward(g)
+    x64 = x.detach().double().requires_grad_()
+    y64 = lrn_formula(x64)
+    y64.backward(g.double())
+    assert ((y.double() - y64).abs().max() / y64.abs().max()) < 1e-5
+    assert ((x.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()) < 1e-5

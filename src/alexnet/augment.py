@@ -49,7 +49,16 @@ def cut(x: torch.Tensor, crops: Crops) -> torch.Tensor:
     copies is 4x faster than that gather (no kernel launches to save, and the index
     arithmetic per pixel is what costs); both move the same bytes to the same places.
     """
+    if crops.size == x.shape[-2] == x.shape[-1] and x.shape[0] == crops.flip.shape[0]:
+        return _mirror_only(x, crops)
     return (_cut_by_slices if x.device.type == "cpu" else _cut_by_gather)(x, crops)
+
+
+def _mirror_only(x: torch.Tensor, crops: Crops) -> torch.Tensor:
+    """Crops the size of the image (Fashion-MNIST's 28 of 28): only the mirrors remain, two
+    whole-batch operations instead of a copy per image (2.2 -> 0.5 ms a batch of 128)."""
+    out = torch.where(crops.flip[:, None, None, None], x.flip(-1), x)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def _cut_by_slices(x: torch.Tensor, crops: Crops) -> torch.Tensor:
@@ -154,6 +163,11 @@ class Preprocess:
         else:
             x, mean = center_crop(x, size), center_crop(self.mean, size) if per_pixel else self.mean
         return self.finish(self.normalise(x, mean, shift))
+
+    def views(self, x: torch.Tensor, mirror: bool = False) -> list[torch.Tensor]:
+        """The centre patch, and with `mirror` its horizontal reflection too (§4.1)."""
+        centre = self(x, train=False)
+        return [centre, centre.flip(-1).contiguous(memory_format=self.memory_format)] if mirror else [centre]
 
     def ten_crop(self, x: torch.Tensor) -> list[torch.Tensor]:
         """§4.1 test: the four corner and the centre patches and their mirrors (10 inputs)."""

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .config import ModelConfig, RunConfig
 from .errors import UserError
+from .jsonio import to_json
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"
@@ -63,8 +64,9 @@ def save_weights(path: str | Path, model: AlexNet, run_config: RunConfig, classe
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if mean_image is not None:
         tensors[MEAN_IMAGE_KEY] = mean_image.contiguous().cpu()
-    metadata = {"format": FORMAT, "config": json.dumps(run_config.to_dict()),
-                "classes": json.dumps(classes), "class_names": json.dumps(class_names or classes)}
+    metadata = {"format": FORMAT, "config": to_json(run_config.to_dict(), indent=None),
+                "classes": to_json(classes, indent=None),
+                "class_names": to_json(class_names or classes, indent=None)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

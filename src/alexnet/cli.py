@@ -9,11 +9,15 @@ import os
 import sys
 
 from .config import ACTIVATIONS, INITS, POOLINGS
-from .engine import AMP_DTYPES
+from .engine import AMP_CHOICES, AMP_DTYPES
 from .errors import UserError
+from .plan import format_seconds, parse_budget
+from .presets import RECIPES
+from .jsonio import to_json, write_json
 from .train import Stopped
 
 SCHEDULES = ("plateau", "step", "onecycle")
+EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -41,7 +45,7 @@ def _model_options(args) -> dict:
 
 
 def _print_json_or(args, result, text: str) -> None:
-    print(json.dumps(result, indent=2) if args.json else text)
+    print(to_json(result) if args.json else text)
 
 
 def _read_pca(path: str | None) -> dict:
@@ -67,11 +71,13 @@ def cmd_train(args) -> None:
          "augment": args.augment, "translate": args.translate, "resize": args.resize,
          "mean_image": args.mean_image, "lighting": args.lighting, **_read_pca(args.pca),
          "val_labels": args.val_labels, "synsets": args.synsets},
-        {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
          "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
          "step_epochs": args.step_epochs, "warmup_epochs": args.warmup_epochs,
          "plateau_patience": args.plateau_patience, "momentum_rule": args.momentum_rule,
          "label_smoothing": args.label_smoothing, "amp": args.amp,
+         "budget": parse_budget(args.budget) if args.budget is not None else None,
+         "val_every": args.val_every, "flat_steps": args.flat_steps,
          "channels_last": args.channels_last, "compile": args.compile, "device": args.device,
          "seed": args.seed,
          "out": args.out},
@@ -80,19 +86,24 @@ def cmd_train(args) -> None:
                    strict=args.strict, ddp_bf16=args.ddp_bf16)
     val = result["val"]
     if val and os.environ.get("RANK", "0") == "0":
-        print(f"done: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), top-5 "
-              f"{val['top5']:.4f} on {val['images']:,} images; checkpoint {result['checkpoint']}")
+        took = format_seconds(result["seconds"]) + (f" of a {format_seconds(result['budget'])} budget"
+                                                    if result["budget"] else "")
+        print(f"{result['status']}: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), "
+              f"top-5 {val['top5']:.4f} on {val['images']:,} images; trained in {took}; "
+              f"checkpoint {result['checkpoint']}")
+        for event in result["warnings"]:  # the advice again, where the user looks last
+            print(f"  warning: {event.message}")
 
 
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.batch_size,
-                            args.device, args.amp, args.limit, args.ten_crop)
+                            args.device, args.amp, args.limit, args.ten_crop, args.mirror)
     if r is None:  # not the main torchrun process
         return
     _print_json_or(args, r, f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
-                   f"{'10 patches' if args.ten_crop else 'centre patch'}, "
+                   f"{EVAL_VIEWS[r['patches']]}, "
                    f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
                    f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})"
                    + (f"; {r['unreadable']} unreadable images skipped" if r["unreadable"] else ""))
@@ -139,11 +150,9 @@ def cmd_pca(args) -> None:
         raise UserError(f"{args.data}: PCA lighting needs RGB images")
     eigval, eigvec = rgb_pca(load_split(True, cfg, 64, limit=args.limit, ordered=True))
     result = {"data": args.data, "eigval": eigval, "eigvec": eigvec}
-    text = json.dumps(result, indent=2)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+        write_json(args.out, result)
+    print(to_json(result))
 
 
 def cmd_pack(args) -> None:
@@ -183,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_options(p)
-    p.add_argument("--recipe", choices=["paper", "fashion-mnist"],
+    p.add_argument("--recipe", choices=list(RECIPES),
                    help="paper: the 2012 recipe (default for image folders); fashion-mnist: "
                    "the 5-minute CPU recipe (default for fashion-mnist); see presets.py")
     g = p.add_argument_group("data")
@@ -209,7 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit-train", type=int, help="use only this many training images")
     g.add_argument("--limit-val", type=int, help="use only this many validation images")
     g = p.add_argument_group("optimisation (defaults: the data's preset, see presets.py)")
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--epochs", type=int, help="train this many epochs (wins over a budget; with a "
+                   "budget: the most it may plan)")
+    g.add_argument("--steps", type=int, metavar="S", help="stop after S optimizer steps in all, the "
+                   "last epoch early (what a budget plans; with --epochs to repeat a budgeted run)")
+    g.add_argument("--budget", metavar="TIME", help="train for this long on this machine, e.g. 300s, "
+                   "5m, 1.5h: the epochs that fit are measured and fixed before the first step "
+                   "(fashion-mnist recipe: 5m)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)
@@ -222,14 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--momentum-rule", choices=["paper", "pytorch"],
                    help="momentum across lr drops: §5's (velocity) or torch.optim.SGD's")
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs and after the "
+                   "last; 0: after the last only (fashion-mnist recipe: 0)")
     g = p.add_argument_group("run")
-    g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast precision (off = fp32)")
+    g.add_argument("--amp", choices=list(AMP_CHOICES), help="autocast precision: off = fp32; auto = "
+                   "bf16 on CUDA cards that have it (else fp16), on a CPU the faster of fp32 and bf16, "
+                   "measured at the start (the paper recipe: off)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (for GPUs: on a CPU it trained slower than eager, "
                         "docs/BENCHMARKS.md)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
     g.add_argument("--seed", type=int)
+    g.add_argument("--flat-steps", type=int, metavar="N", help="warn if the training loss is still at "
+                   "chance level (ln C) after N steps (default: 300; docs/RELIABILITY.md)")
     g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")
     g.add_argument("--resume", metavar="CKPT", nargs="?", const="auto",
                    help="continue from this checkpoint (no value: OUT/last.pt)")
@@ -249,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only this many images")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over the "
                    "4 corner and centre patches and their mirrors (default: centre only)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the softmax of each image and its mirror (default: as the run "
+                   "validated; the fashion-mnist recipe does)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

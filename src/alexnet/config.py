@@ -109,6 +109,9 @@ class DataConfig(_Dictable):
 @dataclass(frozen=True)
 class TrainConfig(_Dictable):
     epochs: int = 90             # §5 "roughly 90 cycles" through the training set
+    # Optimizer steps in all; the last epoch stops early when it is not a multiple of the
+    # epoch's steps (None: every step of `epochs`). A budget sets it (plan.py).
+    steps: int | None = None
     batch_size: int = 128        # §5
     lr: float = 0.01             # §5 the same for every layer
     momentum: float = 0.9        # §5
@@ -126,13 +129,29 @@ class TrainConfig(_Dictable):
     momentum_rule: str = "paper"
     warmup_epochs: float = 0.0   # linear warm-up length for "onecycle"
     label_smoothing: float = 0.0  # 0 in the paper
-    amp: str = "off"             # autocast dtype: "off" (fp32), "bf16" or "fp16" (fp16 CUDA only)
+    # autocast dtype: "off" (fp32), "bf16" or "fp16" (fp16: CUDA, with a loss scaler), or
+    # "auto": decided at the start of the run on this machine (plan.py) and recorded here
+    # in the run's config.json as what it chose, so that the run can be repeated exactly.
+    amp: str = "auto"
+    # Wall-clock seconds for the whole training (None: run `epochs`). Turned into the
+    # number of epochs that fit, measured on this machine before the first step (plan.py);
+    # config.json records the planned epochs. An explicit --epochs wins over a budget.
+    budget: float | None = None
+    # Validate every this many epochs; 0: only after the last epoch (saves the budget's
+    # time where nothing reads the curve; the plateau schedule needs every epoch).
+    val_every: int = 1
+    # Evaluate each image and its mirror, softmax averaged: §4.1's test-time mirrors without
+    # its crops (for inputs with no margin to crop, such as Fashion-MNIST's 28x28).
+    eval_mirror: bool = False
     channels_last: bool = True   # NHWC memory layout: faster convolutions on CPU and GPU
     compile: bool = False        # torch.compile the training step's model (pays off on GPUs)
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     seed: int = 0
     out: str = "runs/alexnet"
-    log_every: int = 20          # progress-bar refresh, in steps
+    log_every: int = 20          # progress-bar refresh and health check, in steps
+    # Warn that the run is not learning when its training loss has not fallen 0.1 below
+    # ln C by this step (health.py: learning runs leave it by step 60-80; flat ones never)
+    flat_steps: int = 300
 
 
 @dataclass(frozen=True)
@@ -143,11 +162,15 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    # What the run decided on its machine (plan.py): the precision and why, the budget's
+    # plan. A record: the decisions themselves are in `train` (amp, epochs).
+    plan: dict[str, Any] = field(default_factory=dict)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "data": self.data.to_dict(),
-                "train": self.train.to_dict()}
+                "train": self.train.to_dict(), "plan": self.plan}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         return cls(model=ModelConfig.from_dict(d["model"]), data=DataConfig.from_dict(d["data"]),
-                   train=TrainConfig.from_dict(d["train"]))
+                   train=TrainConfig.from_dict(d["train"]), plan=dict(d.get("plan") or {}))

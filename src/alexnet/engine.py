@@ -12,20 +12,30 @@ from tqdm import tqdm
 
 from .distributed import Dist, all_sum, any_flag
 from .errors import UserError
+from .health import HealthEvent, HealthMonitor
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# --amp choices: "auto" is decided at the start of a run (plan.choose_precision)
+AMP_CHOICES = ("auto", *AMP_DTYPES)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA if there is a GPU, else Apple's MPS if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N or mps)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not mps_available():
+        raise UserError(f"--device {name}: Apple MPS is not available on this machine")
     return device
 
 
@@ -59,28 +69,79 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + rank
 
 
-def _totals(loss_sum, correct_sum, seen: int, device, d: Dist, where: str) -> list[float]:
-    """(loss sum, correct, images) over all processes; a NaN or infinite loss raises."""
-    totals = all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
-    if not math.isfinite(totals[0]):
-        raise NonFiniteLoss(f"loss is {totals[0]} at {where}")
-    return totals
+def _totals(loss_sum, correct_sum, seen: int, device, d: Dist) -> list[float]:
+    """(loss sum, correct, images) over all processes: one host sync."""
+    return all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
+
+
+class Unhealthy(RuntimeError):
+    """The health monitor stopped the run (it diverged); `event` says how and where."""
+
+    def __init__(self, event: HealthEvent):
+        self.event = event
+        super().__init__(event.message)
+
+
+class _HealthWindows:
+    """Feeds the monitor the mean loss of each window of steps between two syncs (every
+    process sees the same all-reduced totals, so all decide alike); raises Unhealthy on a
+    divergence and hands warnings to `warn`."""
+
+    def __init__(self, health: HealthMonitor, model, warn, steps_before: int):
+        self.health, self.model, self.warn = health, model, warn
+        self.steps_before = steps_before  # global steps before this epoch
+        self.loss, self.seen = 0.0, 0.0
+
+    def check(self, step: int, totals: list[float]) -> None:
+        """step: the epoch's 0-based step just done; totals: the epoch's running totals."""
+        seen = totals[2] - self.seen
+        if seen <= 0:
+            return
+        global_step = self.steps_before + step + 1
+        events = [self.health.window(global_step, (totals[0] - self.loss) / seen),
+                  self.health.gradients(global_step, self.model)]
+        self.loss, self.seen = totals[0], totals[2]
+        for event in filter(None, events):
+            if event.fatal:
+                raise Unhealthy(event)
+            self.warn(f"alexnet: warning: {event.message}")
+
+
+def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, amp: str,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a preprocessed batch; returns the loss and the logits (not synced)."""
+    with autocast(images.device, amp):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, device, amp: str,
                     label_smoothing: float = 0.0, desc: str = "train", log_every: int = 20,
                     seed: int = 0, epoch: int = 0, first_step: int = 0, d: Dist = Dist(),
-                    should_stop=lambda: False, show: bool = True) -> dict:
-    """Train for one pass over `loader` (from batch `first_step` on).
+                    should_stop=lambda: False, show: bool = True,
+                    health: HealthMonitor | None = None, last_step: int | None = None) -> dict:
+    """Train for one pass over `loader` (from batch `first_step` on, up to batch `last_step`,
+    default all).
 
     Returns loss, accuracy and images/s over all processes, and `steps`, the index of the
     next batch; `stopped` when should_stop() became true on any process, after a whole
-    step. Losses are checked for NaN/inf every log_every steps, on all processes at once.
+    step. Every log_every steps and at the end, the window's mean loss and the gradients
+    go to the health monitor (health.py; default: NaN/inf checks only), on all processes
+    at once: a divergence raises Unhealthy, a warning is printed once.
     """
+    health = health or HealthMonitor(num_classes=1)  # one class: only the NaN/inf checks
+    warn = (lambda line: tqdm.write(line)) if show else (lambda line: None)
+    windows = _HealthWindows(health, getattr(model, "module", model), warn, epoch * len(loader))
     model.train()
     start = time.perf_counter()
+    last_step = len(loader) if last_step is None else min(last_step, len(loader))
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not show,
-               total=len(loader) - first_step)
+               total=last_step - first_step)
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
     seen, step, stopped = 0, first_step, False
@@ -88,31 +149,29 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
         torch.manual_seed(step_seed(seed, epoch, step, d.rank))
         images = preprocess(images.to(device, non_blocking=True), train=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = train_step(model, optimizer, scaler, images, labels, amp, label_smoothing)
         if scheduler is not None:  # per-step schedules; the plateau rule steps per epoch
             scheduler.step()
         n = labels.shape[0]
         loss_sum += loss.detach() * n
         correct_sum += (logits.detach().argmax(1) == labels).sum()
         seen += n
-        last = step + 1 == len(loader)
+        last = step + 1 >= last_step
         if (step + 1) % log_every == 0 and not last:
             # one host sync (and one small all-reduce under DDP) every log_every steps
-            totals = _totals(loss_sum, correct_sum, seen, device, d, f"step {step + 1} of {desc}")
+            totals = _totals(loss_sum, correct_sum, seen, device, d)
+            windows.check(step, totals)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                             img_s=f"{totals[2] / (time.perf_counter() - start):.0f}", refresh=False)
-        if any_flag(should_stop(), device, d) and not last:
+        if last:
+            break
+        if any_flag(should_stop(), device, d):
             stopped = True
             break
     bar.close()
-    totals = _totals(loss_sum, correct_sum, seen, device, d, desc)
+    totals = _totals(loss_sum, correct_sum, seen, device, d)
+    windows.check(step, totals)
     elapsed = time.perf_counter() - start
     images = max(totals[2], 1.0)
     return {"loss": totals[0] / images, "acc": totals[1] / images, "images": int(totals[2]),
@@ -122,11 +181,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
 
 @torch.no_grad()
 def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "eval",
-             ten_crop: bool = False, d: Dist = Dist(), show: bool = True) -> dict:
+             ten_crop: bool = False, mirror: bool = False, d: Dist = Dist(), show: bool = True) -> dict:
     """Top-1 and top-5 accuracy and error, mean loss, and the number of images.
 
     ten_crop: §4.1's test, the softmax averaged over the four corner and centre patches
-    and their mirrors; otherwise the centre patch alone. Under DDP pass the unwrapped
+    and their mirrors; mirror: over the centre patch and its mirror (the test's mirrors
+    without its crops, for data with no margin to crop, such as Fashion-MNIST's); otherwise
+    the centre patch alone. Under DDP pass the unwrapped
     model: processes may hold different numbers of batches, so no collective may run
     per batch.
     """
@@ -137,7 +198,7 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
                                disable=not show):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        views = preprocess.ten_crop(images) if ten_crop else [preprocess(images, train=False)]
+        views = preprocess.ten_crop(images) if ten_crop else preprocess.views(images, mirror)
         log_probs = []
         for view in views:
             with autocast(device, amp):
@@ -154,5 +215,5 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
     n = max(seen, 1)
     return {"images": int(seen), "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,
             "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
-            "patches": 10 if ten_crop else 1, "unreadable": int(skipped),
+            "patches": 10 if ten_crop else 2 if mirror else 1, "unreadable": int(skipped),
             "seconds": time.perf_counter() - start}

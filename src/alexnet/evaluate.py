@@ -18,17 +18,19 @@ from .errors import UserError
 
 def evaluate_checkpoint(path: str, data: str | None = None, data_dir: str | None = None,
                         batch_size: int = 256, device: str = "auto", amp: str | None = None,
-                        limit: int | None = None, ten_crop: bool = False) -> dict | None:
+                        limit: int | None = None, ten_crop: bool = False,
+                        mirror: bool | None = None) -> dict | None:
     """Metrics of a checkpoint; under torchrun each process evaluates its share of the
     images and the main process returns the totals (the others return None)."""
     d, device = distributed.init(device)
     try:
-        return _evaluate(path, data, data_dir, batch_size, resolve_device(device), amp, limit, ten_crop, d)
+        return _evaluate(path, data, data_dir, batch_size, resolve_device(device), amp, limit, ten_crop,
+                         mirror, d)
     finally:
         distributed.shutdown()
 
 
-def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, d) -> dict | None:
+def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, mirror, d) -> dict | None:
     loaded = load_inference(path, dev)
     cfg, m = loaded.config, loaded.config.model
     data_cfg = cfg.data
@@ -46,7 +48,10 @@ def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, d) ->
     model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
     amp = cfg.train.amp if amp is None else amp
-    result = evaluate(model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, d=d, show=d.main)
+    amp = "off" if amp == "auto" else amp  # a config never run: fp32
+    mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
+    result = evaluate(model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop,
+                      d=d, show=d.main)
     if not d.main:
         return None
     return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world,

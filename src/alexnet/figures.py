@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .jsonio import to_json
 
 DPI = 100
 TILE_INCHES = 0.6          # filters: width of one kernel tile
@@ -395,14 +395,14 @@ def cmd_filters(args) -> None:
     r = filters_command(args.checkpoint, args.out)
     grids = ", ".join(f"{g['title']}: {g['tiles']}" for g in r["grids"])
     text = f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), {_size(r)}"
-    print(json.dumps(r, indent=2) if args.json else text)
+    print(to_json(r) if args.json else text)
 
 
 def cmd_neighbors(args) -> None:
     r = neighbors_command(args.checkpoint, args.data, args.data_dir, args.queries, args.k, args.out,
                           args.limit_train, args.batch_size, args.seed, args.query_split, args.device)
     if args.json:
-        print(json.dumps(r, indent=2))
+        print(to_json(r))
         return
     lines = [f"{r['out']}: {len(r['queries'])} queries x {r['k']} nearest in fc7 among "
              f"{r['train_images']:,} training images, {_size(r)}"]

@@ -12,7 +12,6 @@ preprocessed N x C x H x W float tensor in, logits out, with a dynamic batch axi
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .jsonio import to_json
 from .model import build_model, model_config
 
 # torchvision's ImageNet Normalize(mean, std) acts on pixels / 255: the same in 0..255 units.
@@ -132,14 +132,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, batch_size: int = 1) ->
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)
     proto = onnx.load(str(out))
-    metadata = {"classes": json.dumps(classes), "std": json.dumps(list(cfg.data.std)),
-                "resize": str(cfg.data.resize), "model_config": json.dumps(m.to_dict())}
+    metadata = {"classes": to_json(classes, indent=None), "std": to_json(list(cfg.data.std), indent=None),
+                "resize": str(cfg.data.resize), "model_config": to_json(m.to_dict(), indent=None)}
     mean_image = ckpt.get("mean_image")  # §2's per-pixel mean, where the model was trained with one
     if mean_image is not None:
-        metadata["mean_image"] = json.dumps(mean_image.float().round(decimals=4).tolist())
+        metadata["mean_image"] = to_json(mean_image.float().round(decimals=4).tolist(), indent=None)
         subtract = "the mean_image (C x resize x resize)"
     else:
-        metadata["mean"] = json.dumps(list(cfg.data.mean))
+        metadata["mean"] = to_json(list(cfg.data.mean), indent=None)
         subtract = "the per-channel mean"
     metadata["preprocessing"] = (
         f"{'RGB' if m.in_channels == 3 else 'grayscale'} pixels in 0..255; shorter side to resize "

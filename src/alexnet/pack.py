@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .config import DataConfig
 from .errors import UserError
+from .jsonio import write_json
 
 MANIFEST = "pack.json"
 FORMAT = "alexnet-pack"
@@ -85,7 +86,7 @@ def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int |
                                           "unreadable": unreadable, "fingerprint": split.fingerprint}
         log(f"alexnet: packed {label_array.size:,} {split_name} images"
             + (f", skipped {len(unreadable)} unreadable" if unreadable else ""))
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(tmp / MANIFEST, manifest)
     if out_dir.exists():  # empty (checked above): the finished store takes its place
         out_dir.rmdir()
     os.replace(tmp, out_dir)

@@ -39,7 +39,8 @@ class TensorBoard:
         step = row["epoch"]
         for name in ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr",
                      "train_images_per_s"):
-            self.writer.add_scalar(name.replace("_", "/", 1), row[name], step)
+            if name in row:  # val_* only in epochs that validated
+                self.writer.add_scalar(name.replace("_", "/", 1), row[name], step)
         self.writer.add_image("conv1_filters", conv1_grid(model), step)
         self.writer.flush()
 

@@ -1,0 +1,84 @@
+"""The package's one JSON writer: RFC 8259 JSON, even when a number is NaN or infinite.
+
+Python's json.dumps writes NaN, Infinity and -Infinity for non-finite floats, which no
+JSON standard allows: strict parsers (JavaScript's JSON.parse, jq, Go's encoding/json,
+Rust's serde_json) reject the whole document. A diverged model gives exactly such values
+(a NaN loss, an infinite distance), so every `--json` output and JSON file goes through
+here instead.
+
+Convention: a non-finite float becomes null, and the nearest dict that contains it gets a
+field `non_finite` naming where it was and what it was ("nan", "inf" or "-inf"):
+
+    {"loss": nan}                      -> {"loss": null, "non_finite": {"loss": "nan"}}
+    {"eigval": [1.0, inf]}             -> {"eigval": [1.0, null], "non_finite": {"eigval[1]": "inf"}}
+    {"q": [{"d": -inf}]}               -> {"q": [{"d": null, "non_finite": {"d": "-inf"}}]}
+
+The path is relative to that dict: its key, then [i] for each list index on the way down.
+A non-finite number with no dict above it (a bare top-level list) becomes null without a
+record: there is nowhere to put one. 0-d torch tensors, numpy scalars and arrays are
+converted to plain numbers and lists first. Serialising with allow_nan=False means any value
+this misses raises ValueError instead of writing invalid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+NON_FINITE = "non_finite"  # the field that records which values were nulled
+
+
+def _kind(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _plain(obj: Any) -> Any:
+    # torch tensors, numpy arrays and numpy scalars all have tolist(): 0-d ones give a
+    # Python number; duck typing keeps this module free of torch and numpy imports
+    if not isinstance(obj, (str, bytes, int, float, dict, list, tuple)) and hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def _clean(obj: Any, path: str, nulled: dict[str, str] | None) -> Any:
+    """`obj` with non-finite floats as None, each recorded in `nulled` under its path."""
+    obj = _plain(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if nulled is not None:
+            nulled[path] = _kind(obj)
+        return None
+    if isinstance(obj, dict):
+        return _clean_dict(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v, f"{path}[{i}]", nulled) for i, v in enumerate(obj)]
+    return obj
+
+
+def _clean_dict(d: dict) -> dict:
+    nulled: dict[str, str] = {}
+    out = {k: _clean(v, str(k), nulled) for k, v in d.items()}
+    if nulled:
+        if NON_FINITE in out:  # overwriting it would lose data: fail loudly instead
+            raise ValueError(f"a dict with non-finite values already has a {NON_FINITE!r} field")
+        out[NON_FINITE] = nulled
+    return out
+
+
+def sanitize(obj: Any) -> Any:
+    """A copy of `obj` that strict JSON can hold: non-finite floats nulled and recorded."""
+    return _clean(obj, "", None)
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """RFC 8259 JSON text of `obj` (indent=None: one line, as json.dumps writes by default)."""
+    return json.dumps(sanitize(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write to_json(obj) and a newline to `path` atomically: readers see old or new, never half."""
+    from .checkpoint import atomic_write  # here, not above: checkpoint.py imports this module
+
+    text = to_json(obj, indent) + "\n"
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,195 @@
+"""What a run decides on the machine in front of it: the precision, and for a time budget
+the number of epochs.
+
+Why measure instead of assuming: what is fast differs from machine to machine. bf16
+autocast trained the `small` model about 2x faster than fp32 on a Xeon with AMX, 1.3x on
+an AMD EPYC with AVX512-BF16, 0.8x on a Xeon with AVX512-BF16 but no AMX, and 0.45x on a
+Xeon without native bf16, where oneDNN emulates it (docs/BENCHMARKS.md). CPU flags do
+not settle it (the third machine has the flag and is still slower in bf16), so on the CPU
+`--amp auto` times a few real training steps of each precision on a copy of the model and
+takes the faster; on CUDA it takes bf16 where the card has it, else fp16 with a loss
+scaler. A time budget (`--budget 5m`) is turned into a number of epochs from the same
+measurement, before the first real step, so the run is the one `--epochs N` gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+
+# bf16 must be at least this much faster than fp32 to be chosen: it rounds more, and a
+# smaller gain is within the noise of a few timed steps on a shared machine.
+BF16_MIN_SPEEDUP = 1.05
+# Timing: warm-up steps per candidate (oneDNN builds its kernels on the first calls),
+# then rounds of one step per candidate, alternating, until MEASURE_ROUNDS rounds or
+# MEASURE_SECONDS have been spent (at least MIN_ROUNDS); the median step counts.
+WARMUP_STEPS, MEASURE_ROUNDS, MIN_ROUNDS, MEASURE_SECONDS = 2, 7, 3, 8.0
+# Part of a budget kept free for what the plan cannot foresee: a machine's speed drifts
+# within a run (a shared 2-core VM trained at 2,250 images/s in its first epochs and
+# 2,120-2,150 in its last; with a 4% margin that run ended 8 s past its 5 minutes), and
+# the loop does a little more than the timed steps (loading, logging, health checks).
+BUDGET_MARGIN = 0.10
+
+PRECISION_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    amp: str                       # what the run uses: "off" (fp32), "bf16" or "fp16"
+    reason: str                    # why, for the run header and config.json
+    ms_per_step: dict[str, float] = field(default_factory=dict)  # measured, by candidate
+
+    def describe(self) -> str:
+        return f"precision {PRECISION_NAMES[self.amp]} ({self.reason})"
+
+
+def time_steps(steps: dict[str, Callable[[], None]], sync: Callable[[], None] = lambda: None,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each step function, calls alternating between them."""
+    for fn in steps.values():
+        for _ in range(WARMUP_STEPS):
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    started = clock()
+    for round_ in range(MEASURE_ROUNDS):
+        if round_ >= MIN_ROUNDS and clock() - started > MEASURE_SECONDS:
+            break
+        for name, fn in steps.items():
+            t = clock()
+            fn()
+            sync()
+            times[name].append(clock() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def choose_precision(requested: str, device: torch.device,
+                     measure: Callable[[list[str]], dict[str, float]]) -> Precision:
+    """The run's autocast precision. `measure(candidates)` returns seconds per training
+    step for each candidate ("off", "bf16"); it is called only when the choice needs it."""
+    if requested != "auto":
+        return Precision(requested, "as asked")
+    if device.type == "cuda":
+        return cuda_precision(torch.cuda.is_bf16_supported(), torch.cuda.get_device_name(device))
+    if device.type != "cpu":  # Apple MPS: autocast there is not measured by this version
+        return Precision("off", f"fp32 on {device.type}: autocast is measured on CPUs and CUDA only")
+    seconds = measure(["off", "bf16"])
+    ms = {k: round(v * 1000, 2) for k, v in seconds.items()}
+    speedup = seconds["off"] / seconds["bf16"]
+    pair = f"{ms['bf16']:.0f} against {ms['off']:.0f} ms a step"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return Precision("bf16", f"measured {speedup:.2f}x faster than fp32 on this CPU: {pair}", ms)
+    if speedup < 1:
+        return Precision("off", f"bf16 measured {1 / speedup:.2f}x slower on this CPU: {pair}", ms)
+    return Precision("off", f"bf16 measured only {speedup:.2f}x faster on this CPU ({pair}): "
+                     f"not worth its rounding", ms)
+
+
+def cuda_precision(bf16_supported: bool, name: str = "CUDA") -> Precision:
+    """bf16 where the card computes it natively (Ampere and later), else fp16 + loss scaler."""
+    if bf16_supported:
+        return Precision("bf16", f"{name} supports bf16")
+    return Precision("fp16", f"{name} has no bf16: fp16 with a loss scaler")
+
+
+def training_step_timer(model: torch.nn.Module, make_optimizer: Callable, step: Callable,
+                        batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                        ) -> Callable[[list[str]], dict[str, float]]:
+    """measure(candidates) for choose_precision and plan_budget: real training steps
+    (`step(model, optimizer, scaler, images, labels, amp)`) on copies of the model and its
+    optimiser, with a real batch, so the run's own weights and random streams are untouched."""
+    def measure(candidates: list[str]) -> dict[str, float]:
+        fns = {}
+        for amp in candidates:
+            replica = copy.deepcopy(model)
+            optimizer = make_optimizer(replica)
+            scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+            fns[amp] = (lambda r=replica, o=optimizer, s=scaler, a=amp: step(r, o, s, *batch, a))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return time_steps(fns, sync=lambda: torch.cuda.synchronize(device) if device.type == "cuda" else None)
+    return measure
+
+
+# ----------------------------------------------------------------------------- budgets
+
+_BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> float:
+    """'300', '300s', '5m', '1.5h' -> seconds."""
+    match = _BUDGET.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--budget {text}: give a positive time such as 300s, 5m or 1.5h")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_s: float         # the whole training, from start to the final validation
+    spent_s: float          # before the first step (loading, measuring)
+    step_s: float           # measured seconds per training step
+    steps_per_epoch: int
+    validation_s: float     # estimated seconds of one validation pass
+    validations: int        # how many the plan's epochs do
+    epochs: int             # epochs begun (the last may stop early)
+    steps: int              # optimizer steps in all: what fits (at most the recipe's epochs)
+
+    @property
+    def estimate_s(self) -> float:
+        return self.spent_s + self.steps * self.step_s + self.validations * self.validation_s
+
+    def describe(self) -> str:
+        over = " (not even one epoch fits: one epoch)" if self.estimate_s > self.budget_s else ""
+        whole, part = divmod(self.steps, self.steps_per_epoch)
+        length = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} of {self.steps_per_epoch} steps"
+                  if not part else f"{self.steps} steps ({whole} epochs of {self.steps_per_epoch} and "
+                  f"{part} steps)")
+        return (f"budget {format_seconds(self.budget_s)}: {length} at {self.step_s * 1000:.0f} ms a step, "
+                f"{self.validations} validation{'s' if self.validations != 1 else ''} of "
+                f"{self.validation_s:.1f} s, {format_seconds(self.estimate_s)} in all{over}")
+
+
+def validations(epochs: int, val_every: int) -> int:
+    """Validation passes in `epochs` epochs: every val_every-th and the last (0: the last only)."""
+    if val_every <= 0:
+        return 1
+    return epochs // val_every + (1 if epochs % val_every else 0)
+
+
+def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch: int,
+                validation_s: float, max_epochs: int, val_every: int,
+                margin: float = BUDGET_MARGIN) -> BudgetPlan:
+    """The most steps (up to max_epochs whole epochs) whose training and validations fit in
+    the budget less a safety margin, after `spent_s`; whole epochs first, then as many steps
+    of one more epoch as fit (its validation counted); at least one epoch."""
+    usable = budget_s * (1 - margin) - spent_s
+
+    def cost(epochs: int, steps: int) -> float:
+        return steps * step_s + validations(epochs, val_every) * validation_s
+
+    epochs = 1
+    while epochs < max_epochs and cost(epochs + 1, (epochs + 1) * steps_per_epoch) <= usable:
+        epochs += 1
+    steps = epochs * steps_per_epoch
+    if epochs < max_epochs and cost(epochs, steps) <= usable:  # part of one more epoch
+        left = usable - cost(epochs + 1, steps)
+        extra = min(steps_per_epoch - 1, max(0, math.floor(left / step_s)))
+        if extra > 0:
+            epochs, steps = epochs + 1, steps + extra
+    return BudgetPlan(budget_s, spent_s, step_s, steps_per_epoch, validation_s,
+                      validations(epochs, val_every), epochs, steps)
+
+
+def format_seconds(s: float) -> str:
+    s = round(s)
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

@@ -1,0 +1,206 @@
+"""Run-time decisions (plan.py): precision by measurement, budgets turned into epochs.
+
+The measurements are mocked (no test depends on this machine's speed); the decisions and
+the arithmetic are checked exactly, and a budgeted run is checked to be the run that
+`--epochs N` gives, also when resumed.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from alexnet import plan
+from alexnet.cli import main
+from alexnet.errors import UserError
+from alexnet.plan import (BudgetPlan, choose_precision, cuda_precision, parse_budget, plan_budget,
+                          time_steps, validations)
+from alexnet.presets import resolve
+
+CPU = torch.device("cpu")
+
+
+def fixed(seconds: dict):
+    """A measure() that reports these seconds per step and records what it was asked."""
+    asked = []
+
+    def measure(candidates):
+        asked.append(list(candidates))
+        return {c: seconds[c] for c in candidates}
+    measure.asked = asked
+    return measure
+
+
+def test_cpu_without_native_bf16_picks_fp32():
+    # the Xeon of issue 10: oneDNN emulates bf16, a training step 2.2x slower
+    p = choose_precision("auto", CPU, fixed({"off": 0.080, "bf16": 0.176}))
+    assert p.amp == "off" and "2.20x slower" in p.reason and p.ms_per_step == {"off": 80.0, "bf16": 176.0}
+
+
+def test_cpu_with_amx_picks_bf16():
+    p = choose_precision("auto", CPU, fixed({"off": 0.080, "bf16": 0.040}))
+    assert p.amp == "bf16" and "2.00x faster" in p.reason
+
+
+def test_a_marginal_bf16_gain_keeps_fp32():
+    p = choose_precision("auto", CPU, fixed({"off": 0.080, "bf16": 0.078}))
+    assert p.amp == "off" and "not worth" in p.reason
+
+
+def test_an_explicit_precision_is_not_measured():
+    measure = fixed({"off": 1.0, "bf16": 0.1})
+    for amp in ("off", "bf16", "fp16"):
+        assert choose_precision(amp, CPU, measure).amp == amp
+    assert measure.asked == []
+
+
+def test_cuda_capability_decides(monkeypatch):
+    assert cuda_precision(True).amp == "bf16"
+    assert cuda_precision(False).amp == "fp16" and "loss scaler" in cuda_precision(False).reason
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    measure = fixed({})
+    p = choose_precision("auto", torch.device("cuda"), measure)
+    assert p.amp == "fp16" and "Tesla V100" in p.reason and measure.asked == []
+
+
+def test_mps_stays_fp32():
+    assert choose_precision("auto", torch.device("mps"), fixed({})).amp == "off"
+
+
+def test_time_steps_alternates_and_takes_the_median():
+    now = [0.0]
+    calls = []
+
+    def step(name, cost):
+        def fn():
+            calls.append(name)
+            now[0] += cost
+        return fn
+    t = time_steps({"a": step("a", 0.5), "b": step("b", 0.25)}, clock=lambda: now[0])
+    assert t == {"a": 0.5, "b": 0.25}
+    warm = plan.WARMUP_STEPS
+    assert calls[:2 * warm] == ["a"] * warm + ["b"] * warm
+    assert calls[2 * warm:2 * warm + 4] == ["a", "b", "a", "b"]  # rounds alternate
+
+
+@pytest.mark.parametrize("text, seconds", [("300", 300), ("300s", 300), ("5m", 300), ("5 min", 300),
+                                           ("1.5h", 5400), ("90s", 90), (".5m", 30)])
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "five minutes", "-5m", "0", "5d", "m"])
+def test_bad_budgets_are_one_line_errors(text):
+    with pytest.raises(UserError, match="--budget"):
+        parse_budget(text)
+
+
+def test_budget_arithmetic():
+    # 100 steps of 0.1 s = 10 s an epoch; one validation 5 s; 300 s less 4% less 10 s spent = 278 s:
+    # 27 whole epochs (275 s), then 30 steps of a 28th (278 s)
+    p = plan_budget(300, 10, 0.1, 100, 5, max_epochs=90, val_every=0, margin=0.04)
+    assert (p.epochs, p.steps, p.validations) == (28, 2730, 1) and p.estimate_s == pytest.approx(288)
+    assert "2730 steps (27 epochs of 100 and 30 steps)" in p.describe()
+    capped = plan_budget(300, 10, 0.1, 100, 5, max_epochs=20, val_every=0, margin=0.04)  # the cap
+    assert (capped.epochs, capped.steps) == (20, 2000)
+    # 15 s an epoch with its validation: 18 epochs (270 s), the 19th's validation leaves 3 s: 30 steps
+    p = plan_budget(300, 10, 0.1, 100, 5, max_epochs=90, val_every=1, margin=0.04)
+    assert (p.epochs, p.steps, p.validations) == (19, 1830, 19)
+    p = plan_budget(300, 10, 0.1, 100, 5, max_epochs=90, val_every=4, margin=0.04)  # 24 epochs: 240 + 6 x 5 = 270
+    assert (p.epochs, p.steps, p.validations) == (25, 2430, 7)  # the 25th validates: 3 s = 30 steps
+    exact = plan_budget(300, 10, 0.1, 100, 5, max_epochs=90, val_every=0, margin=(300 - 285) / 300)
+    assert (exact.epochs, exact.steps) == (27, 2700)  # no step of a 28th fits
+    assert [validations(e, 3) for e in (1, 3, 4, 6, 7)] == [1, 1, 2, 2, 3]
+    slow = plan_budget(60, 5, 1.0, 100, 5, max_epochs=90, val_every=0, margin=0.04)
+    assert slow.epochs == 1 and "not even one epoch" in slow.describe()
+
+
+def test_epochs_win_over_the_recipe_budget():
+    assert resolve("fashion-mnist", {}, {}, {}).train.budget == 300
+    assert resolve("fashion-mnist", {}, {}, {"epochs": 3}).train.budget is None
+    assert resolve("fashion-mnist", {}, {}, {"epochs": 3, "budget": 60}).train.budget is None
+    assert resolve("fashion-mnist", {}, {}, {"budget": 60}).train.budget == 60
+    with pytest.raises(UserError, match="plateau"):
+        resolve("fashion-mnist", {}, {}, {"schedule": "plateau"})  # validates only at the end
+
+
+# ----------------------------------------------------------------------------- a budgeted run
+
+# 10 steps an epoch (640 images, batch 64) at a mocked 10 s a step: 100 s an epoch, so a
+# 432 s budget (388.8 s usable after the 10% margin) holds 3 epochs and 8 steps of a fourth
+# whatever the real loading time (under 8.8 s) was.
+ARGS = ["--limit-train", "640", "--limit-val", "128", "--batch-size", "64", "--width", "0.25"]
+STEP_SECONDS = {"off": 10.0, "bf16": 20.0, "eval": 0.01}
+
+
+@pytest.fixture
+def mocked_speed(monkeypatch):
+    def fake(steps, **kwargs):
+        return {name: STEP_SECONDS[name] for name in steps}
+    monkeypatch.setattr(plan, "time_steps", fake)
+    monkeypatch.setattr("alexnet.train.time_steps", fake)
+
+
+def _weights(out):
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def test_a_budget_plans_the_run_that_epochs_n_repeats(mocked_speed, fashion_dir, tmp_path, capsys):
+    budgeted = tmp_path / "budgeted"
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(budgeted)]) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads((budgeted / "config.json").read_text())
+    train = cfg["train"]
+    assert (train["epochs"], train["steps"], train["amp"], train["budget"]) == (4, 38, "off", 432)
+    assert cfg["plan"]["precision"]["amp"] == "off" and "slower" in cfg["plan"]["precision"]["reason"]
+    assert cfg["plan"]["budget"]["steps"] == 38 and cfg["plan"]["budget"]["step_s"] == 10.0
+    assert "precision fp32 (bf16 measured 2.00x slower" in out
+    assert "budget 7 min 12 s: 38 steps (3 epochs of 10 and 8 steps)" in out
+    assert "--epochs 4 --steps 38 --amp off" in out
+    rows = (budgeted / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[1].split(",")[5] == "" and rows[4].split(",")[5] != ""  # val at the end
+    assert [r.split(",")[1] for r in rows[1:]] == ["10", "20", "30", "38"]  # the steps done
+    # the schedule spans exactly the planned 38 steps: a warm-up, then a cosine to 0 at 38
+    ckpt = torch.load(budgeted / "last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    repeat = tmp_path / "repeat"
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--epochs", "4", "--steps", "38", "--amp", "off",
+                 "--out", str(repeat)]) == 0
+    a, b = _weights(budgeted), _weights(repeat)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_path, monkeypatch):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(whole)]) == 0
+    # the same run, its epoch-1 checkpoint kept aside; then resumed on a "faster machine"
+    import alexnet.train as train_module
+
+    saved = train_module.save_checkpoint
+
+    def keep_first(path, state):
+        saved(path, state)
+        if state.get("epoch") == 1 and path.name == "last.pt":
+            shutil.copy(path, path.parent / "epoch1.pt")
+    monkeypatch.setattr(train_module, "save_checkpoint", keep_first)
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part)]) == 0
+    shutil.copy(part / "epoch1.pt", part / "last.pt")
+    STEP_SECONDS_FAST = {"off": 1.0, "bf16": 0.1, "eval": 0.01}  # would plan bf16 and 30 epochs
+    monkeypatch.setattr("alexnet.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
+    monkeypatch.setattr(plan, "time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part),
+                 "--resume"]) == 0
+    cfg = json.loads((part / "config.json").read_text())
+    assert (cfg["train"]["epochs"], cfg["train"]["steps"], cfg["train"]["amp"]) == (4, 38, "off")
+    a, b = _weights(whole), _weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_budget_plan_round_trips_through_config():
+    p = plan_budget(300, 10, 0.1, 100, 5, max_epochs=90, val_every=0, margin=0.04)
+    import dataclasses
+
+    assert BudgetPlan(**dataclasses.asdict(p)) == p

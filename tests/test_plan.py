@@ -204,3 +204,35 @@ def test_budget_plan_round_trips_through_config():
     import dataclasses
 
     assert BudgetPlan(**dataclasses.asdict(p)) == p
+
+
+def test_revised_steps_only_ever_shorten():
+    from alexnet.plan import revised_steps
+
+    # 300 s budget, 3% kept: 291 s; 100 s gone, validation 11 s: 180 s left at 0.5 s a step
+    assert revised_steps(300, 100, 400, 0.5, 1000, 11) == 400 + 360
+    assert revised_steps(300, 100, 400, 0.5, 700, 11) is None  # the plan still fits: kept
+    assert revised_steps(300, 320, 400, 0.5, 1000, 11) == 400  # past the budget: stop now
+
+
+def test_a_run_behind_its_plan_is_shortened_and_still_anneals(mocked_speed, fashion_dir, tmp_path, monkeypatch,
+                                                               capsys):
+    calls = []
+
+    def behind(*args, **kwargs):  # the first check finds the run behind: 25 steps fit, not 38
+        calls.append(args)
+        return 25 if len(calls) == 1 else None
+    monkeypatch.setattr("alexnet.train.revised_steps", behind)
+    out = tmp_path / "behind"
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "alexnet: behind the plan" in log and "25 steps instead of 38" in log
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["train"]["steps"], cfg["train"]["epochs"]) == (25, 3)
+    assert cfg["plan"]["revised"]["steps"] == 25 and cfg["plan"]["revised"]["at_step"] == 10
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["10", "20", "25"] and rows[-1].split(",")[5] != ""
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed at 25
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 3
+

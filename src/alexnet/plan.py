@@ -38,6 +38,9 @@ WARMUP_STEPS, MEASURE_ROUNDS, MIN_ROUNDS, MEASURE_SECONDS = 2, 7, 3, 8.0
 # 2,120-2,150 in its last; with a 4% margin that run ended 8 s past its 5 minutes), and
 # the loop does a little more than the timed steps (loading, logging, health checks).
 BUDGET_MARGIN = 0.10
+# After each epoch a budgeted run checks its own pace; what is left is then known better
+# than before the first step, so a smaller margin is kept.
+REVISE_MARGIN = 0.03
 
 PRECISION_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -188,6 +191,16 @@ def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch:
             epochs, steps = epochs + 1, steps + extra
     return BudgetPlan(budget_s, spent_s, step_s, steps_per_epoch, validation_s,
                       validations(epochs, val_every), epochs, steps)
+
+
+def revised_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float, planned: int,
+                  validation_s: float, margin: float = REVISE_MARGIN) -> int | None:
+    """Fewer steps in all when the run, at its measured pace (seconds per step in its last
+    epoch), would end past its budget; None when the plan still fits. Never more steps: a
+    plan is only shortened, so a run that keeps its pace is the run the plan announced."""
+    usable = budget_s * (1 - margin) - elapsed_s - validation_s
+    fit = steps_done + max(0, math.floor(usable / step_s))
+    return fit if fit < planned else None
 
 
 def format_seconds(s: float) -> str:

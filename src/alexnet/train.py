@@ -29,7 +29,7 @@ from .imagenet import human_names
 from .jsonio import write_json
 from .model import AlexNet, count_parameters
 from .plan import (PRECISION_NAMES, BudgetPlan, Precision, choose_precision, format_seconds,
-                   plan_budget, time_steps, training_step_timer)
+                   plan_budget, revised_steps, time_steps, training_step_timer)
 from .stats import cached_mean_image
 from .tblog import TensorBoard
 
@@ -283,6 +283,8 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
     board = TensorBoard(out, enabled=d.main)
     with _StopSignals() as signals:
         for epoch in range(start_epoch, t.epochs):
+            if epoch >= t.epochs:  # a budget's plan was shortened (_keep_to_budget)
+                break
             train_split.loader.set_epoch(epoch, first_step)
             epoch_started = time.perf_counter()
             lr_used = optimizer.param_groups[0]["lr"]
@@ -295,6 +297,11 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
                                      health=health, last_step=_last_step(t, epoch, len(train_split.loader)))
             except Unhealthy as e:
                 _diverged(e.event.message, out, d, health, started)
+            if cfg.plan.get("budget") and not tr["stopped"]:  # still within the budget at this pace?
+                cfg = _keep_to_budget(cfg, epoch * len(train_split.loader) + tr["steps"],
+                                      tr["seconds"] / max(1, tr["steps"] - first_step), started,
+                                      scheduler, len(train_split.loader), d, device, log, out)
+                t = cfg.train
             first_step = 0
             if tr["stopped"]:  # mid-epoch: save where we are, resume continues with the next batch
                 checkpoint({"epoch": epoch, "step_in_epoch": tr["steps"]})
@@ -379,6 +386,31 @@ def _diverged(message: str, out: Path, d, health: HealthMonitor, started: float)
     kept = (f"the last good checkpoint is {out / 'last.pt'}" if (out / "last.pt").is_file()
             else "no checkpoint was written")
     raise UserError(f"{message} ({kept})")
+
+
+def _keep_to_budget(cfg: RunConfig, steps_done: int, step_s: float, started: float, scheduler,
+                    steps_per_epoch: int, d, device, log, out: Path) -> RunConfig:
+    """Shorten a budgeted run that has fallen behind its plan (a machine's speed drifts: a
+    shared VM slowed by 15-20% within one run): the schedule is rebuilt for fewer steps, so
+    that the cosine still ends at zero when the budget does. Recorded in the plan."""
+    t, budget = cfg.train, cfg.plan["budget"]
+    planned = t.steps or t.epochs * steps_per_epoch
+    new = revised_steps(budget["budget_s"], time.perf_counter() - started, steps_done, step_s, planned,
+                        budget["validation_s"]) if d.main else None
+    new = int(distributed.all_sum([float(new or 0)], device, d)[0]) or None  # the main process decides
+    if new is None:
+        return cfg
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.lr_lambdas[0].total_steps = new
+    log(f"alexnet: behind the plan ({step_s * 1000:.0f} ms a step against {budget['step_s'] * 1000:.0f}): "
+        f"{new} steps instead of {planned}, to end within the budget")
+    plan = {**cfg.plan, "revised": {"steps": new, "planned_steps": planned, "at_step": steps_done,
+                                    "step_s": step_s}}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=new, epochs=-(-new // steps_per_epoch)),
+                              plan=plan)
+    if d.main:  # config.json says what the run does
+        write_json(out / "config.json", cfg.to_dict())
+    return cfg
 
 
 def _last_step(t: TrainConfig, epoch: int, steps_per_epoch: int) -> int:

@@ -206,13 +206,15 @@ def test_budget_plan_round_trips_through_config():
     assert BudgetPlan(**dataclasses.asdict(p)) == p
 
 
-def test_revised_steps_only_ever_shorten():
+def test_revised_steps_follow_the_pace():
     from alexnet.plan import revised_steps
 
     # 300 s budget, 3% kept: 291 s; 100 s gone, validation 11 s: 180 s left at 0.5 s a step
-    assert revised_steps(300, 100, 400, 0.5, 1000, 11) == 400 + 360
-    assert revised_steps(300, 100, 400, 0.5, 700, 11) is None  # the plan still fits: kept
-    assert revised_steps(300, 320, 400, 0.5, 1000, 11) == 400  # past the budget: stop now
+    assert revised_steps(300, 100, 400, 0.5, 1000, 11, most=5000) == 400 + 360  # behind: shortened
+    assert revised_steps(300, 100, 400, 0.5, 740, 11, most=5000) is None  # within 5%: the plan stands
+    assert revised_steps(300, 100, 400, 0.5, 700, 11, most=5000) == 760  # ahead by more: lengthened
+    assert revised_steps(300, 100, 400, 0.5, 700, 11, most=720) == 720  # never past the recipe's cap
+    assert revised_steps(300, 320, 400, 0.5, 1000, 11, most=5000) == 400  # past the budget: stop now
 
 
 def test_a_run_behind_its_plan_is_shortened_and_still_anneals(mocked_speed, fashion_dir, tmp_path, monkeypatch,

@@ -146,6 +146,7 @@ class BudgetPlan:
     validations: int        # how many the plan's epochs do
     epochs: int             # epochs begun (the last may stop early)
     steps: int              # optimizer steps in all: what fits (at most the recipe's epochs)
+    max_epochs: int = 0     # the recipe's epochs: the most a plan (or its revision) may take
 
     @property
     def estimate_s(self) -> float:
@@ -190,17 +191,22 @@ def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch:
         if extra > 0:
             epochs, steps = epochs + 1, steps + extra
     return BudgetPlan(budget_s, spent_s, step_s, steps_per_epoch, validation_s,
-                      validations(epochs, val_every), epochs, steps)
+                      validations(epochs, val_every), epochs, steps, max_epochs)
+
+
+# A plan is lengthened only when the run's pace leaves this much more room (a run that
+# keeps roughly to its measured pace is the run the plan announced).
+LENGTHEN_AT = 0.05
 
 
 def revised_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float, planned: int,
-                  validation_s: float, margin: float = REVISE_MARGIN) -> int | None:
-    """Fewer steps in all when the run, at its measured pace (seconds per step in its last
-    epoch), would end past its budget; None when the plan still fits. Never more steps: a
-    plan is only shortened, so a run that keeps its pace is the run the plan announced."""
+                  validation_s: float, most: int, margin: float = REVISE_MARGIN) -> int | None:
+    """The steps in all that fit the budget at the run's measured pace (seconds per step in
+    its last epoch), at most `most`: fewer when the plan would end past the budget, more
+    when it would end more than LENGTHEN_AT early; None when the plan stands."""
     usable = budget_s * (1 - margin) - elapsed_s - validation_s
-    fit = steps_done + max(0, math.floor(usable / step_s))
-    return fit if fit < planned else None
+    fit = min(most, steps_done + max(0, math.floor(usable / step_s)))
+    return fit if fit < planned or fit > planned * (1 + LENGTHEN_AT) else None
 
 
 def format_seconds(s: float) -> str:

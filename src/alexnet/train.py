@@ -390,20 +390,21 @@ def _diverged(message: str, out: Path, d, health: HealthMonitor, started: float)
 
 def _keep_to_budget(cfg: RunConfig, steps_done: int, step_s: float, started: float, scheduler,
                     steps_per_epoch: int, d, device, log, out: Path) -> RunConfig:
-    """Shorten a budgeted run that has fallen behind its plan (a machine's speed drifts: a
-    shared VM slowed by 15-20% within one run): the schedule is rebuilt for fewer steps, so
-    that the cosine still ends at zero when the budget does. Recorded in the plan."""
+    """Keep a budgeted run to its budget when the machine's speed drifts (a shared VM ran 15-20%
+    slower, or faster, than at the start of a run): the schedule is rebuilt for the steps that
+    fit at the pace of the last epoch, so that the cosine still ends at zero when the budget
+    does. Recorded in the plan and config.json."""
     t, budget = cfg.train, cfg.plan["budget"]
     planned = t.steps or t.epochs * steps_per_epoch
     new = revised_steps(budget["budget_s"], time.perf_counter() - started, steps_done, step_s, planned,
-                        budget["validation_s"]) if d.main else None
+                        budget["validation_s"], most=budget["max_epochs"] * steps_per_epoch) if d.main else None
     new = int(distributed.all_sum([float(new or 0)], device, d)[0]) or None  # the main process decides
     if new is None:
         return cfg
     if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         scheduler.lr_lambdas[0].total_steps = new
-    log(f"alexnet: behind the plan ({step_s * 1000:.0f} ms a step against {budget['step_s'] * 1000:.0f}): "
-        f"{new} steps instead of {planned}, to end within the budget")
+    log(f"alexnet: {'behind' if new < planned else 'ahead of'} the plan ({step_s * 1000:.0f} ms a step "
+        f"against {budget['step_s'] * 1000:.0f}): {new} steps instead of {planned}, to end with the budget")
     plan = {**cfg.plan, "revised": {"steps": new, "planned_steps": planned, "at_step": steps_done,
                                     "step_s": step_s}}
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=new, epochs=-(-new // steps_per_epoch)),

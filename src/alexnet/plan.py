@@ -194,9 +194,11 @@ def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch:
                       validations(epochs, val_every), epochs, steps, max_epochs)
 
 
-# A plan is lengthened only when the run's pace leaves this much more room (a run that
-# keeps roughly to its measured pace is the run the plan announced).
-LENGTHEN_AT = 0.05
+# A plan is lengthened only when the run's pace leaves this much more room, and shortened
+# only when it would overrun by this much (REVISE_MARGIN still keeps 3% free): a run that
+# keeps roughly to its measured pace is the run the plan announced, and the schedule does
+# not jitter from epoch to epoch.
+LENGTHEN_AT, SHORTEN_AT = 0.05, 0.01
 
 
 def revised_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float, planned: int,
@@ -206,7 +208,7 @@ def revised_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: fl
     when it would end more than LENGTHEN_AT early; None when the plan stands."""
     usable = budget_s * (1 - margin) - elapsed_s - validation_s
     fit = min(most, steps_done + max(0, math.floor(usable / step_s)))
-    return fit if fit < planned or fit > planned * (1 + LENGTHEN_AT) else None
+    return fit if fit < planned * (1 - SHORTEN_AT) or fit > planned * (1 + LENGTHEN_AT) else None
 
 
 def format_seconds(s: float) -> str:

@@ -221,24 +221,25 @@ def test_revised_steps_follow_the_pace():
     assert revised_steps(300, 320, 400, 0.5, 1000, 11, most=5000) == 400  # past the budget: stop now
 
 
-def test_a_run_behind_its_plan_is_shortened_and_still_anneals(mocked_speed, fashion_dir, tmp_path, monkeypatch,
-                                                               capsys):
+@pytest.mark.parametrize("revised, rows, word", [(25, ["10", "20", "25"], "behind"),
+                                                  (45, ["10", "20", "30", "40", "45"], "ahead of")])
+def test_a_run_off_its_pace_is_replanned_and_still_anneals(revised, rows, word, mocked_speed, fashion_dir,
+                                                           tmp_path, monkeypatch, capsys):
     calls = []
 
-    def behind(*args, **kwargs):  # the first check finds the run behind: 25 steps fit, not 38
+    def pace(*args, **kwargs):  # the first check (after epoch 1) finds another pace
         calls.append(args)
-        return 25 if len(calls) == 1 else None
-    monkeypatch.setattr("alexnet.train.revised_steps", behind)
-    out = tmp_path / "behind"
+        return revised if len(calls) == 1 else None
+    monkeypatch.setattr("alexnet.train.revised_steps", pace)
+    out = tmp_path / "replanned"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert "alexnet: behind the plan" in log and "25 steps instead of 38" in log
+    assert f"alexnet: {word} the plan" in log and f"{revised} steps instead of 38" in log
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["train"]["steps"], cfg["train"]["epochs"]) == (25, 3)
-    assert cfg["plan"]["revised"]["steps"] == 25 and cfg["plan"]["revised"]["at_step"] == 10
-    rows = (out / "metrics.csv").read_text().splitlines()[1:]
-    assert [r.split(",")[1] for r in rows] == ["10", "20", "25"] and rows[-1].split(",")[5] != ""
+    assert (cfg["train"]["steps"], cfg["train"]["epochs"]) == (revised, len(rows))
+    assert cfg["plan"]["revised"]["steps"] == revised and cfg["plan"]["revised"]["at_step"] == 10
+    lines = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in lines] == rows and lines[-1].split(",")[5] != ""  # validated last
     ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed at 25
-    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 3
-
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == len(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 import signal
 import threading
@@ -282,8 +283,8 @@ def _train(cfg, d, device, resume, limit_train, limit_val, strict, ddp_bf16) -> 
     val, epochs_done = {}, start_epoch
     board = TensorBoard(out, enabled=d.main)
     with _StopSignals() as signals:
-        for epoch in range(start_epoch, t.epochs):
-            if epoch >= t.epochs:  # a budget's plan was shortened (_keep_to_budget)
+        for epoch in itertools.count(start_epoch):
+            if epoch >= t.epochs:  # re-read every epoch: a budget's plan may be revised (_keep_to_budget)
                 break
             train_split.loader.set_epoch(epoch, first_step)
             epoch_started = time.perf_counter()

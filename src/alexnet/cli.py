@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_model_options(p)
     p.add_argument("--recipe", choices=list(RECIPES),
-                   help="paper: the 2012 recipe (default for image folders); fashion-mnist: "
-                   "the 5-minute CPU recipe (default for fashion-mnist); see presets.py")
+                   help="paper: the 2012 recipe to the letter; folder (default for image "
+                   "folders): paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist: "
+                   "the 5-minute recipe (default for fashion-mnist); see presets.py")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, or an ImageNet-style folder with train/<class>/ and val/<class>/")
@@ -223,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, metavar="S", help="stop after S optimizer steps in all, the "
                    "last epoch early (what a budget plans; with --epochs to repeat a budgeted run)")
     g.add_argument("--budget", metavar="TIME", help="train for this long on this machine, e.g. 300s, "
-                   "5m, 1.5h: the epochs that fit are measured and fixed before the first step "
-                   "(fashion-mnist recipe: 5m)")
+                   "5m, 1.5h: the steps that fit are measured before the first step and revised "
+                   "after each epoch at the run's pace (fashion-mnist recipe: 5m)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)

@@ -135,7 +135,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, dev
     at once: a divergence raises Unhealthy, a warning is printed once.
     """
     health = health or HealthMonitor(num_classes=1)  # one class: only the NaN/inf checks
-    warn = (lambda line: tqdm.write(line)) if show else (lambda line: None)
+    warn = tqdm.write if show else (lambda line: None)
     windows = _HealthWindows(health, getattr(model, "module", model), warn, epoch * len(loader))
     model.train()
     start = time.perf_counter()

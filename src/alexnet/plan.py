@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .engine import grad_scaler
 from .errors import UserError
 
 # bf16 must be at least this much faster than fp32 to be chosen: it rounds more, and a
@@ -115,7 +116,7 @@ def training_step_timer(model: torch.nn.Module, make_optimizer: Callable, step: 
         for amp in candidates:
             replica = copy.deepcopy(model)
             optimizer = make_optimizer(replica)
-            scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+            scaler = grad_scaler(device, amp)
             fns[amp] = (lambda r=replica, o=optimizer, s=scaler, a=amp: step(r, o, s, *batch, a))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             return time_steps(fns, sync=lambda: torch.cuda.synchronize(device) if device.type == "cuda" else None)

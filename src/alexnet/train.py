@@ -23,7 +23,8 @@ from .checkpoint import (load_checkpoint, model_from_checkpoint, save_checkpoint
                          save_weights)
 from .config import RunConfig, TrainConfig
 from .data import is_fashion_mnist, load_split
-from .engine import Unhealthy, autocast, evaluate, grad_scaler, resolve_device, train_one_epoch, train_step
+from .engine import (AMP_DTYPES, Unhealthy, autocast, evaluate, grad_scaler, resolve_device, train_one_epoch,
+                     train_step)
 from .errors import UserError
 from .health import HealthMonitor
 from .imagenet import human_names
@@ -34,6 +35,7 @@ from .plan import (PRECISION_NAMES, BudgetPlan, Precision, choose_precision, for
 from .stats import cached_mean_image
 from .tblog import TensorBoard
 
+AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1",
                  "val_top5", "epoch_seconds", "train_images_per_s", "health")
 
@@ -453,9 +455,6 @@ def _decide(cfg: RunConfig, model, ckpt, train_split, val_split, preprocess, dev
     else:
         plan, amp, epochs, steps = {"precision": {"amp": t.amp, "reason": "as asked"}}, t.amp, t.epochs, t.steps
     return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps), plan=plan)
-
-
-AMP_ORDER = ("off", "bf16", "fp16")
 
 
 def _measure_plan(cfg: RunConfig, model, train_split, val_split, preprocess, device, started) -> dict:

@@ -42,7 +42,7 @@ from alexnet.engine import autocast
 from alexnet.model import build_model
 from alexnet.plan import PRECISION_NAMES
 from alexnet.runtime import tune_allocator
-from alexnet.train import make_optimizer
+from alexnet.optim import make_optimizer
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict:

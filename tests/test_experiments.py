@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from alexnet.cli import main
-from alexnet.experiments import EXPERIMENTS, crossing, run
+from alexnet import experiments
+from alexnet.experiments import EXPERIMENTS, crossing, run, run_key
+from alexnet.presets import resolve
 
 FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
           "epoch_seconds", "train_images_per_s")
@@ -69,3 +71,73 @@ def test_quick_experiment_through_the_cli(fashion_dir, tmp_path, capsys):
     r = json.loads((tmp_path / "lrn" / "results.json").read_text())
     assert r["epochs"] == 2 and r["limit_train"] == 3000
     assert 0 < r["arms"]["LRN"]["test_error"]["mean"] < 0.9
+
+
+def _counting(curves, calls):
+    fake = fake_train(curves)
+
+    def train(cfg, limit_train=None, limit_val=None):
+        calls.append((cfg, limit_train, limit_val))
+        fake(cfg, limit_train, limit_val)
+    return train
+
+
+def test_run_key_is_the_configuration_not_the_folder():
+    def key(out, limit=3000, seed=0, **options):
+        cfg = resolve("fashion-mnist", {"name": None, **options}, {"data_dir": None},
+                      {"epochs": 2, "seed": seed, "out": out, "val_every": 1})
+        return run_key(cfg, limit, 1000)
+    assert key("a/ReLU-seed0", activation="relu") == key("b/LRN-seed0", lrn=True) == key("c/x")
+    assert key("a", dropout=0.5) != key("a")            # the recipe's dropout is 0.25
+    assert key("a", seed=1) != key("a") and key("a", limit=None) != key("a")
+
+
+def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, capsys):
+    import alexnet.train
+
+    calls, plotted = [], {}
+    monkeypatch.setattr(alexnet.train, "train", _counting(CURVES, calls))
+    # the plots are tested above; here what they are drawn from: every arm's seeds
+    monkeypatch.setattr(experiments, "plot",
+                        lambda results, runs, path: plotted.update({results["experiment"]: runs}))
+    assert main(["experiment", "all", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 5 experiments x 2 arms x 2 seeds = 20 runs; the recipe unchanged (ReLU, LRN, 3/2
+    # pooling, two towers) is one configuration: 7 distinct ones per seed
+    assert len(calls) == 14
+    assert len({run_key(*c) for c in calls}) == 14
+    assert all(c[1:] == (3000, 1000) and c[0].train.epochs == 2 for c in calls)
+    assert sorted(c[0].model.dropout for c in calls).count(0.5) == 2  # the dropout baseline: its own runs
+    assert "14 runs trained, 6 reused" in out
+    expected = {"relu-vs-tanh": [], "dropout": [],
+                "lrn": ["LRN"], "pooling": ["overlapping 3/2"], "groups": ["two towers"]}
+    for name, arms in EXPERIMENTS.items():
+        folder = tmp_path / name
+        r = json.loads((folder / "results.json").read_text())
+        assert [(x["arm"], x["seed"], x["run"]) for x in r["reused"]] == [
+            (arm, seed, os.path.join("relu-vs-tanh", f"ReLU-seed{seed}"))
+            for arm in expected[name] for seed in range(2)]
+        paper, other = (r["arms"][a] for a in arms.arms)  # every arm, every seed
+        assert paper["test_error"]["n"] == other["test_error"]["n"] == 2
+        assert paper["test_error"]["mean"] == pytest.approx(0.11)
+        assert other["test_error"]["mean"] == pytest.approx(0.14)
+        assert list(plotted[name]) == list(arms.arms) and all(len(v) == 2 for v in plotted[name].values())
+        md = (folder / "results.md").read_text()
+        assert ("Reused" in md) == bool(expected[name])
+        for arm in expected[name]:
+            assert f"{name}: {arm}, seed 1: the same configuration as" in out
+            run_dir = folder / f"{arm.replace(' ', '-').replace('/', '')}-seed1"
+            assert (run_dir / "metrics.csv").read_text() == \
+                (tmp_path / "relu-vs-tanh" / "ReLU-seed1" / "metrics.csv").read_text()
+
+    # one experiment alone trains all its arms again, in its own folders (not through
+    # the links `all` left, into relu-vs-tanh's runs)
+    before = (tmp_path / "relu-vs-tanh" / "ReLU-seed0" / "metrics.csv").read_text()
+    calls.clear()
+    monkeypatch.setattr(alexnet.train, "train", _counting({"a": CURVES["b"], "b": CURVES["a"]}, calls))
+    assert main(["experiment", "lrn", "--quick", "--out", str(tmp_path)]) == 0
+    assert len(calls) == 2
+    assert not (tmp_path / "lrn" / "LRN-seed0").is_symlink()
+    assert (tmp_path / "relu-vs-tanh" / "ReLU-seed0" / "metrics.csv").read_text() == before
+    r = json.loads((tmp_path / "lrn" / "results.json").read_text())
+    assert r["reused"] == [] and r["arms"]["LRN"]["test_error"]["mean"] == pytest.approx(0.14)

@@ -10,7 +10,10 @@ for image folders, 28x28 for Fashion-MNIST). Here, on whatever device trains:
 Why by hand: transforms v2 draws one set of random parameters per call, so applied to a
 batch it would crop, mirror and light every image the same way; and torchvision has no
 PCA lighting. Here every image gets its own crop, mirror and lighting, in a few batched
-tensor operations, drawing from the device's global RNG (saved in checkpoints).
+tensor operations, drawing from the device's global RNG. Training reseeds it at every step
+from (seed, epoch, step, rank) (engine.step_seed), so no RNG state is saved in checkpoints
+and a run resumed with the same number of processes and batch draws the same crops,
+mirrors and lighting.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Checkpoints: written atomically, loaded without unpickling code.
 
 A training checkpoint (`*.pt`) is one torch.save'd dict of tensors and plain Python values
-(config, class names, optimiser/scheduler state, RNG state), read back with
-torch.load(weights_only=True), which refuses anything that would run code. Final weights
-are also written as safetensors, with the config and class names in its metadata, so
-either file alone rebuilds the model.
+(config, class names, optimiser/scheduler state, the epoch and batch reached), read back
+with torch.load(weights_only=True), which refuses anything that would run code. It holds
+no RNG state: every training step reseeds from (seed, epoch, step, rank)
+(engine.step_seed), so a run resumed with the same number of processes and the same
+batch draws what the uninterrupted one drew. Final weights are also written as
+safetensors, with the config and class names in its metadata, so either file alone
+rebuilds the model.
 """
 
 from __future__ import annotations

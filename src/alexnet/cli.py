@@ -1,4 +1,10 @@
-"""The `alexnet` command: train, evaluate, predict, summary, import-torchvision, export."""
+"""The `alexnet` command: every subcommand's options, and what each runs.
+
+`train`'s options are derived from the config dataclasses (config.py): one option per
+field, with the field's type, its help (which cites the paper) and each recipe's default
+(presets.py); `summary` takes the model's. A bad value is refused before any work, in one
+line naming the option. The work itself lives in the modules named by each command.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +14,97 @@ import json
 import os
 import sys
 
-from .config import ACTIVATIONS, INITS, POOLINGS
-from .engine import AMP_CHOICES, AMP_DTYPES
-from .errors import UserError
-from .plan import format_seconds, parse_budget
-from .presets import RECIPES
+from .config import AMP_MODES, DataConfig, ModelConfig, TrainConfig
+from .errors import Stopped, UserError
 from .jsonio import to_json, write_json
-from .train import Stopped
+from .plan import format_seconds, parse_budget
+from .presets import RECIPE_DATA, RECIPES, resolve
 
-SCHEDULES = ("plateau", "step", "onecycle")
 EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+PARSERS = {"train.budget": parse_budget}  # option values that are not plain numbers
+TYPES = {"int": int, "float": float, "str": str}
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from .model import ARCHITECTURES
+class _Help(argparse.HelpFormatter):
+    """Shows a default only where there is one (never "(default: None)")."""
 
-    g = p.add_argument_group("model (defaults: the variant's; see `alexnet summary`)")
-    g.add_argument("--model", choices=list(ARCHITECTURES), help="variant (default: small for "
-                   "fashion-mnist, paper for image folders)")
-    g.add_argument("--input-size", type=int, help="input height and width in pixels")
-    g.add_argument("--width", type=float, help="multiplier on every layer's width")
-    g.add_argument("--activation", choices=ACTIVATIONS)
-    g.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None,
-                   help="local response normalisation after conv1 and conv2 (§3.3)")
-    g.add_argument("--groups", action=argparse.BooleanOptionalAction, default=None,
-                   help="two towers in conv2/4/5 (§3.2); --no-groups: one tower")
-    g.add_argument("--pooling", choices=POOLINGS, help="overlap = 3/2 (§3.4), nonoverlap = 2/2")
-    g.add_argument("--dropout", type=float, help="dropout probability in fc6 and fc7 (§4.2)")
-    g.add_argument("--init", choices=INITS, help="weight init (paper: §5)")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-def _model_options(args) -> dict:
-    return {"name": args.model, "input_size": args.input_size, "width": args.width,
-            "activation": args.activation, "lrn": args.lrn, "groups": args.groups, "pooling": args.pooling,
-            "dropout": args.dropout, "init": args.init}
+# ----------------------------------------------------------------------------- options from the config
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _print_json_or(args, result, text: str) -> None:
-    print(to_json(result) if args.json else text)
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def recipe_defaults() -> dict[str, str]:
+    """`section.field` -> the default each recipe gives it, as help text: "0.9", or
+    "fashion-mnist 0.06; folder, paper 0.01" where the recipes differ."""
+    configs = {name: resolve(RECIPE_DATA[name], {}, {}, {}, recipe=name) for name in RECIPES}
+    texts = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            by_value: dict[str, list[str]] = {}
+            for name, cfg in configs.items():
+                value = getattr(getattr(cfg, section), f.name)
+                shown = format_seconds(value) if f.name == "budget" and value else _show(value)
+                if f.name == "lr" and RECIPES[name].lr_batch:
+                    shown += f" x sqrt(batch / {RECIPES[name].lr_batch})"
+                by_value.setdefault(shown, []).append(name)
+            texts[f"{section}.{f.name}"] = (next(iter(by_value)) if len(by_value) == 1 else
+                                            "; ".join(f"{', '.join(names)}: {v}" for v, names in by_value.items()))
+    texts["data.name"] = DataConfig.name  # the recipes are compared on their own data
+    return texts
+
+
+def add_config_options(group, section: str, defaults: dict[str, str] | None = None,
+                       fields: list[str] | None = None, only_group: str | None = None) -> None:
+    """One option per command-line field of SECTIONS[section] (or of `fields`), dest
+    "section.field", default None (not given: the recipe's); defaults: help text per field."""
+    for f in dataclasses.fields(SECTIONS[section]):
+        meta = f.metadata
+        if (fields is None and not meta.get("cli", True)) or (fields is not None and f.name not in fields):
+            continue
+        if only_group is not None and meta.get("group") != only_group:
+            continue
+        key, kind = f"{section}.{f.name}", f.type.replace(" | None", "")
+        help_text = meta.get("help", "")
+        if defaults is not None and defaults[key] != "none":  # none: the help says what happens
+            help_text += f" (default: {defaults[key]})"
+        kw = {"metavar": f.name.upper(), **{k: meta[k] for k in ("choices", "metavar", "nargs", "const") if k in meta}}
+        if "choices" in meta:
+            kw.pop("metavar")
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = PARSERS.get(key, TYPES[kind])
+        group.add_argument(_flag(f), dest=key, default=None, help=help_text, **kw)
+
+
+def config_options(args, section: str) -> dict:
+    """The options of `section` the user gave: {field: value}."""
+    prefix = section + "."
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+def _config_error(e: ValueError) -> UserError:
+    """ValueError("lr must be positive, got -1") from a config -> "--lr must be positive, got -1"."""
+    name, _, rest = str(e).partition(" ")
+    fields = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    return UserError(f"{_flag(fields[name])} {rest}" if name in fields else str(e))
 
 
 def _read_pca(path: str | None) -> dict:
@@ -61,29 +120,27 @@ def _read_pca(path: str | None) -> dict:
     return {"pca_eigval": eigval, "pca_eigvec": eigvec}
 
 
+def _print_json_or(args, result, text: str) -> None:
+    print(to_json(result) if args.json else text)
+
+
+def _size(r: dict) -> str:
+    return f"{r['size'][0]}x{r['size'][1]} px"
+
+
+# ----------------------------------------------------------------------------- commands
+
 def cmd_train(args) -> None:
-    from .presets import resolve
     from .train import train
 
-    cfg = resolve(
-        args.data, _model_options(args),
-        {"data_dir": args.data_dir, "download": args.download or None, "workers": args.workers,
-         "augment": args.augment, "translate": args.translate, "resize": args.resize,
-         "mean_image": args.mean_image, "lighting": args.lighting, **_read_pca(args.pca),
-         "val_labels": args.val_labels, "synsets": args.synsets},
-        {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
-         "step_epochs": args.step_epochs, "warmup_epochs": args.warmup_epochs,
-         "plateau_patience": args.plateau_patience, "momentum_rule": args.momentum_rule,
-         "label_smoothing": args.label_smoothing, "amp": args.amp,
-         "budget": parse_budget(args.budget) if args.budget is not None else None,
-         "val_every": args.val_every, "flat_steps": args.flat_steps,
-         "channels_last": args.channels_last, "compile": args.compile, "device": args.device,
-         "seed": args.seed,
-         "out": args.out},
-        recipe=args.recipe)
-    result = train(cfg, resume=args.resume, limit_train=args.limit_train, limit_val=args.limit_val,
-                   strict=args.strict, ddp_bf16=args.ddp_bf16)
+    data = config_options(args, "data")
+    data_name = data.pop("name", "fashion-mnist")
+    try:
+        cfg = resolve(data_name, config_options(args, "model"), {**data, **_read_pca(args.pca)},
+                      config_options(args, "train"), recipe=args.recipe)
+    except ValueError as e:
+        raise _config_error(e) from e
+    result = train(cfg)
     val = result["val"]
     if val and os.environ.get("RANK", "0") == "0":
         took = format_seconds(result["seconds"]) + (f" of a {format_seconds(result['budget'])} budget"
@@ -124,13 +181,12 @@ def cmd_predict(args) -> None:
 def cmd_summary(args) -> None:
     from .model import build_model, summarize
 
-    options = {k: v for k, v in _model_options(args).items() if v is not None and k != "name"}
-    options.update({k: v for k, v in (("in_channels", args.in_channels),
-                                      ("num_classes", args.num_classes)) if v is not None})
+    options = config_options(args, "model")
+    name = options.pop("name", "paper")
     try:
-        model = build_model(args.model or "paper", **options)
+        model = build_model(name, **options)
     except ValueError as e:
-        raise UserError(str(e)) from e
+        raise _config_error(e) from e
     s = summarize(model)
     lines = [f"{'layer':<16}{'type':<20}{'output':>18}{'params':>14}{'MACs':>16}"]
     for r in s["layers"]:
@@ -141,8 +197,8 @@ def cmd_summary(args) -> None:
 
 
 def cmd_pca(args) -> None:
-    from .presets import data_defaults
     from .data import load_split
+    from .presets import data_defaults
     from .stats import rgb_pca
 
     cfg = dataclasses.replace(data_defaults(args.data), data_dir=args.data_dir, workers=args.workers)
@@ -163,7 +219,6 @@ def cmd_pack(args) -> None:
 
 
 def cmd_samples(args) -> None:
-    from .config import DataConfig
     from .data import write_samples
 
     paths = write_samples(DataConfig(name=args.data, data_dir=args.data_dir), args.count, args.out)
@@ -185,89 +240,80 @@ def cmd_export(args) -> None:
           f"logits for {r['classes']} classes")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al., 2012): "
-                                     "train, evaluate and predict; the paper's network by default.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_experiment(args) -> None:
+    from .experiments import EXPERIMENTS, run, table
 
-    p = sub.add_parser("train", help="train a model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_model_options(p)
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    trained: dict = {}  # shared by the experiments of `all`: each distinct run trained once
+    reused = 0
+    for name in names:
+        r = run(name, args.data, args.data_dir, args.seeds, args.quick, args.out, trained=trained)
+        reused += len(r["reused"])
+        print(table(r))
+    if len(names) > 1:
+        print(f"alexnet experiment all: {len(trained)} runs trained, {reused} reused "
+              f"(the same configuration as a run of an earlier experiment)")
+
+
+def cmd_filters(args) -> None:
+    from .figures import filters_command
+
+    r = filters_command(args.checkpoint, args.out)
+    grids = ", ".join(f"{g['title']}: {g['tiles']}" for g in r["grids"])
+    _print_json_or(args, r, f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), "
+                   f"{_size(r)}")
+
+
+def cmd_neighbors(args) -> None:
+    from .figures import neighbors_command
+
+    r = neighbors_command(args.checkpoint, args.data, args.data_dir, args.queries, args.k, args.out,
+                          args.limit_train, args.batch_size, args.seed, args.query_split, args.device)
+    lines = [f"{r['out']}: {len(r['queries'])} queries x {r['k']} nearest in fc7 among "
+             f"{r['train_images']:,} training images, {_size(r)}"]
+    for q in r["queries"]:
+        lines.append(f"{q['split']} #{q['index']} ({q['label']}):")
+        lines += [f"  train #{n['index']:<8} {n['distance']:10.4f}  {n['label']}" for n in q["neighbors"]]
+    _print_json_or(args, r, "\n".join(lines))
+
+
+def cmd_plot(args) -> None:
+    from .figures import draw_curves
+
+    r = draw_curves(args.run_dir, args.out)
+    print(f"{r['out']}: {r['epochs']} epochs, {_size(r)}")
+
+
+# ----------------------------------------------------------------------------- the parser
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model", formatter_class=_Help,
+                       description="Train AlexNet. Every option defaults to the recipe's value: "
+                       "--recipe fashion-mnist for --data fashion-mnist, folder for an image folder.")
     p.add_argument("--recipe", choices=list(RECIPES),
-                   help="paper: the 2012 recipe to the letter; folder (default for image "
-                   "folders): paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist: "
-                   "the 5-minute recipe (default for fashion-mnist); see presets.py")
+                   help="paper: the 2012 recipe to the letter; folder (default for image folders): "
+                   "paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist (default for "
+                   "fashion-mnist): the 5-minute recipe; README lists every departure")
+    defaults = recipe_defaults()
+    add_config_options(p.add_argument_group("model"), "model", defaults)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist, or an ImageNet-style folder with train/<class>/ and val/<class>/")
-    g.add_argument("--resize", type=int, help="shorter side, then the central square (§2: 256)")
-    g.add_argument("--mean-image", action=argparse.BooleanOptionalAction, default=None,
-                   help="subtract the training set's per-pixel mean image (§2); "
-                   "--no-mean-image: the per-channel mean")
-    g.add_argument("--lighting", type=float, help="PCA lighting alpha std (§4.1: 0.1; 0 = off)")
-    g.add_argument("--pca", metavar="FILE", help="eigenvalues/vectors from `alexnet pca` "
+    add_config_options(g, "data", defaults)
+    g.add_argument("--pca", metavar="FILE", help="§4.1 eigenvalues/vectors from `alexnet pca` "
                    "(default: ImageNet's)")
-    g.add_argument("--val-labels", metavar="FILE", help="ground truth of a flat val/ folder: "
-                   "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
-    g.add_argument("--synsets", metavar="FILE", help="synset order for the devkit ground truth: "
-                   "meta.mat or one wnid per line in ILSVRC2012_ID order")
-    g.add_argument("--data-dir", help="folder with Fashion-MNIST's IDX files (default: Debian's)")
-    g.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST")
-    g.add_argument("--workers", type=int, help="DataLoader workers for folders (default: cores - 1)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops and mirrors (§4.1)")
-    g.add_argument("--translate", type=int, help="in-memory data: random shifts of up to N pixels")
-    g.add_argument("--limit-train", type=int, help="use only this many training images")
-    g.add_argument("--limit-val", type=int, help="use only this many validation images")
-    g = p.add_argument_group("optimisation (defaults: the data's preset, see presets.py)")
-    g.add_argument("--epochs", type=int, help="train this many epochs (wins over a budget; with a "
-                   "budget: the most it may plan)")
-    g.add_argument("--steps", type=int, metavar="S", help="stop after S optimizer steps in all, the "
-                   "last epoch early (what a budget plans; with --epochs to repeat a budgeted run)")
-    g.add_argument("--budget", metavar="TIME", help="train for this long on this machine, e.g. 300s, "
-                   "5m, 1.5h: the steps that fit are measured before the first step and revised "
-                   "after each epoch at the run's pace (fashion-mnist recipe: 5m)")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("--step-epochs", type=int, help="epochs between /10 drops (--schedule step)")
-    g.add_argument("--warmup-epochs", type=float, help="warm-up length (--schedule onecycle)")
-    g.add_argument("--plateau-patience", type=int, help="epochs without improvement before a "
-                   "drop (--schedule plateau)")
-    g.add_argument("--momentum-rule", choices=["paper", "pytorch"],
-                   help="momentum across lr drops: §5's (velocity) or torch.optim.SGD's")
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs and after the "
-                   "last; 0: after the last only (fashion-mnist recipe: 0)")
-    g = p.add_argument_group("run")
-    g.add_argument("--amp", choices=list(AMP_CHOICES), help="autocast precision: off = fp32; auto = "
-                   "bf16 on CUDA cards that have it (else fp16), on a CPU the faster of fp32 and bf16, "
-                   "measured at the start (the paper recipe: off)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (for GPUs: on a CPU it trained slower than eager, "
-                        "docs/BENCHMARKS.md)")
-    g.add_argument("--device", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--flat-steps", type=int, metavar="N", help="warn if the training loss is still at "
-                   "chance level (ln C) after N steps (default: 300; docs/RELIABILITY.md)")
-    g.add_argument("--out", help="run directory: config.json, metrics.csv, checkpoints")
-    g.add_argument("--resume", metavar="CKPT", nargs="?", const="auto",
-                   help="continue from this checkpoint (no value: OUT/last.pt)")
-    g.add_argument("--strict", action="store_true",
-                   help="stop at the first unreadable training file (default: skip and list them)")
-    g.add_argument("--ddp-bf16", action="store_true",
-                   help="under torchrun: compress the gradient all-reduce to bf16 (docs/SCALING.md)")
+    add_config_options(p.add_argument_group("optimisation"), "train", defaults, only_group="optimisation")
+    add_config_options(p.add_argument_group("run"), "train", defaults, only_group="run")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint")
+
+def _add_inference(sub) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint", formatter_class=_Help)
     p.add_argument("checkpoint")
     p.add_argument("--data", help="default: what the checkpoint was trained on")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="the global batch, split over torchrun's "
+                   "processes (as in train)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=list(AMP_DTYPES), help="default: the checkpoint's")
+    p.add_argument("--amp", choices=[m for m in AMP_MODES if m != "auto"], help="default: the checkpoint's")
     p.add_argument("--limit", type=int, help="evaluate only this many images")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over the "
                    "4 corner and centre patches and their mirrors (default: centre only)")
@@ -277,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify image files")
+    p = sub.add_parser("predict", help="classify image files", formatter_class=_Help)
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
@@ -285,14 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs of a model")
-    _add_model_options(p)
-    p.add_argument("--in-channels", type=int)
-    p.add_argument("--num-classes", type=int)
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs of a model",
+                       formatter_class=_Help)
+    add_config_options(p.add_argument_group("model (defaults: the variant's)"), "model",
+                       fields=[f.name for f in dataclasses.fields(ModelConfig)])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("pca", help="eigenvalues/vectors of a folder's RGB covariance (§4.1)")
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("pca", help="eigenvalues/vectors of a folder's RGB covariance (§4.1)", formatter_class=_Help)
     p.add_argument("data", help="ImageNet-style folder (its train/ split is used)")
     p.add_argument("--data-dir")
     p.add_argument("--limit", type=int, help="use this many training images (a fixed random subset)")
@@ -300,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON here too (for train --pca)")
     p.set_defaults(func=cmd_pca)
 
-    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store")
+    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store",
+                       formatter_class=_Help)
     p.add_argument("data", help="ImageNet-style folder (train/ and val/)")
     p.add_argument("out", help="the store to create (an empty or new folder)")
     p.add_argument("--resize", type=int, default=256, help="stored size (§2: 256)")
@@ -308,13 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="pack only this many images per split")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files")
+    p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files", formatter_class=_Help)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir")
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--out", default="samples")
     p.set_defaults(func=cmd_samples)
 
+
+def _add_interop(sub) -> None:
     p = sub.add_parser("import-torchvision", help="turn torchvision AlexNet weights into a checkpoint")
     p.add_argument("weights", metavar="WEIGHTS", help="a torchvision AlexNet state dict, e.g. "
                    "alexnet-owt-7be5be79.pth")
@@ -323,18 +374,63 @@ def build_parser() -> argparse.ArgumentParser:
                    "torchvision's ImageNet names for 1000 classes)")
     p.set_defaults(func=cmd_import_torchvision)
 
-    p = sub.add_parser("export", help="export a checkpoint's model to ONNX")
+    p = sub.add_parser("export", help="export a checkpoint's model to ONNX", formatter_class=_Help)
     p.add_argument("checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--batch-size", type=int, default=1,
                    help="batch of the example input (the batch axis stays dynamic)")
     p.set_defaults(func=cmd_export)
 
-    from .experiments import add_command as add_experiment
 
-    add_experiment(sub)
-    from . import figures  # filters, neighbors, plot: the paper's Figures 3 and 4, curves
-    figures.add_commands(sub)
+def _add_studies(sub) -> None:
+    from .experiments import EXPERIMENTS, FULL, QUICK
+
+    p = sub.add_parser("experiment", help="the paper's ablations: " + ", ".join(EXPERIMENTS),
+                       formatter_class=_Help)
+    p.add_argument("name", choices=[*EXPERIMENTS, "all"])
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--seeds", type=int, help=f"default {FULL.seeds} ({QUICK.seeds} with --quick)")
+    p.add_argument("--quick", action="store_true", help="a minute or two each, for tests")
+    p.add_argument("--out", default="experiments")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("filters", help="conv1 kernels as a PNG grid (Figure 3)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", metavar="PNG", help="default: conv1_filters.png beside the checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser("neighbors", help="training images nearest to test images in fc7 (Figure 4)",
+                       formatter_class=_Help)
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="default: what the checkpoint was trained on")
+    p.add_argument("--data-dir", help="Fashion-MNIST's folder (default: the checkpoint's)")
+    p.add_argument("--queries", type=int, default=5, help="number of query images")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    p.add_argument("--query-split", choices=["val", "train"], default="val",
+                   help="draw the queries from the validation/test split or the training split")
+    p.add_argument("--seed", type=int, default=0, help="chooses the query images")
+    p.add_argument("--limit-train", type=int, help="search only the first N training images "
+                   "(image folders: a fixed random subset)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", metavar="PNG", help="default: neighbors.png beside the checkpoint")
+    p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
+    p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser("plot", help="loss, accuracy and learning-rate curves of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with metrics.csv")
+    p.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
+    p.set_defaults(func=cmd_plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al., 2012): "
+                                     "train, evaluate and predict; the paper's network by default.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_inference, _add_data, _add_interop, _add_studies):
+        add(sub)
     return parser
 
 

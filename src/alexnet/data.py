@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,10 +29,11 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .config import DataConfig
-from .distributed import Dist, check_batch
+from .distributed import Dist
 from .errors import UserError
 from .imagenet import FlatFolder, val_labels
-from .pack import is_packed, packed_split
+from .loaders import FolderLoader, InMemoryLoader, ShardedBatches, Split
+from .store import is_packed, packed_split
 
 FASHION_MNIST = "fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -51,16 +51,6 @@ def cache_dir() -> Path:
     root = os.environ.get("ALEXNET_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
     return Path(root)
-
-
-@dataclass
-class Split:
-    """One split of a dataset: a loader of uint8 batches and what describes it."""
-    loader: object          # iterable of (uint8 N x C x H x W, int64 N); has set_epoch(e)
-    classes: list[str]
-    size: int               # number of images
-    fingerprint: str        # identifies the images (cache key of the mean image)
-    workers: int = 0        # DataLoader worker processes
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -115,66 +105,6 @@ def fashion_mnist(train: bool, cfg: DataConfig) -> datasets.FashionMNIST:
         return datasets.FashionMNIST(_materialise(_find_fashion_mnist(cfg.data_dir)), train=train)
     except RuntimeError as e:  # torchvision's "Dataset not found" / corrupt IDX files
         raise UserError(f"Fashion-MNIST: {e}") from e
-
-
-class ShardedBatches:
-    """The index batches one process reads in an epoch (a DataLoader batch_sampler).
-
-    Training (shuffle=True): the global order is a permutation drawn from (seed, epoch);
-    global batch i is order[i*B:(i+1)*B], and process r of N takes its r-th slice of
-    B / N, so N processes see exactly the batches one process would (and DDP averages
-    their gradients into the same step). The last partial batch is dropped.
-    Evaluation and statistics (shuffle=False): process r takes images r, r+N, r+2N, ...:
-    every image exactly once, no padding. `start` skips batches for a mid-epoch resume.
-    """
-
-    def __init__(self, n: int, global_batch: int, d: Dist, shuffle: bool, seed: int = 0):
-        self.n, self.global_batch, self.d, self.shuffle, self.seed = n, global_batch, d, shuffle, seed
-        self.batch = check_batch(global_batch, d)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __len__(self) -> int:
-        if self.shuffle:
-            return self.n // self.global_batch
-        return -(-len(range(self.d.rank, self.n, self.d.world)) // self.batch)
-
-    def __iter__(self):
-        r, b = self.d.rank, self.batch
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                self.seed * 100_003 + self.epoch)).tolist()
-            for i in range(self.start, len(self)):
-                yield order[i * self.global_batch + r * b:i * self.global_batch + (r + 1) * b]
-        else:
-            mine = range(r, self.n, self.d.world)
-            for i in range(self.start, len(self)):
-                yield list(mine[i * b:(i + 1) * b])
-
-
-class InMemoryLoader:
-    """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB) or a packed store's
-    memory-mapped images (pack.py), where a DataLoader's per-item work would cost more
-    than the model: one gather per batch."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches: ShardedBatches):
-        self.images, self.labels, self.batches = images, labels, batches
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.batches.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for idx in self.batches:
-            if isinstance(self.images, torch.Tensor):
-                images = self.images.index_select(0, torch.tensor(idx, dtype=torch.long))
-            else:  # a packed store's memory-mapped shards
-                images = self.images.take(idx)
-            yield images, self.labels[idx]
 
 
 def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
@@ -252,73 +182,6 @@ def stored_transform(resize: int) -> v2.Transform:
     return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize)])
 
 
-def default_workers() -> int:
-    """DataLoader workers per training process: the cores this process may use (its CPU
-    affinity, which containers and job schedulers set), shared among the processes
-    torchrun starts on this machine, less one each for the training process itself."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
-    return max(1, cores // max(1, local) - 1)
-
-
-class _Tolerant(torch.utils.data.Dataset):
-    """Hands out (image, label, None), or (None, -1, reason) for a file that cannot be read,
-    so that a corrupt file in a training set of a million does not end the run."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            image, label = self.dataset[i]
-            return image, label, None
-        except UserError as e:
-            return None, -1, str(e)
-
-
-def _collate_readable(items):
-    good = [(x, y) for x, y, bad in items if bad is None]
-    bad = [reason for _, _, reason in items if reason is not None]
-    if not good:
-        return None, None, bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
-
-
-class FolderLoader:
-    """A DataLoader over ShardedBatches that skips unreadable files and remembers them.
-
-    strict: the first unreadable file ends the run with its path instead.
-    """
-
-    def __init__(self, dataset, batches: ShardedBatches, workers: int, strict: bool = False):
-        self.batches, self.strict = batches, strict
-        self.unreadable: list[str] = []
-        workers = default_workers() if workers < 0 else workers
-        self.loader = torch.utils.data.DataLoader(
-            _Tolerant(dataset), batch_sampler=batches, num_workers=workers,
-            collate_fn=_collate_readable, pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.batches.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, labels, bad in self.loader:
-            if bad:
-                if self.strict:
-                    raise UserError(f"{bad[0]} (--strict stops at the first unreadable file)")
-                self.unreadable += [b for b in bad if b not in self.unreadable]
-            if images is None:
-                raise UserError(f"no readable image in a whole batch, e.g. {bad[0]}")
-            yield images, labels
-
-
 def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
                  limit: int | None = None, ordered: bool = False, d: Dist = Dist(),
                  strict: bool = False) -> Split:
@@ -349,8 +212,7 @@ def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
     batches = ShardedBatches(len(ds), batch_size, d, shuffle=train and not ordered, seed=seed)
     loader = FolderLoader(ds, batches, cfg.workers, strict)
     digest = hashlib.sha1("\n".join(os.path.relpath(p, split_dir) for p in paths).encode()).hexdigest()
-    return Split(loader, classes, len(ds), fingerprint=f"{len(paths)}-{digest[:16]}",
-                 workers=loader.loader.num_workers)
+    return Split(loader, classes, len(ds), fingerprint=f"{len(paths)}-{digest[:16]}")
 
 
 def is_fashion_mnist(cfg: DataConfig) -> bool:
@@ -371,9 +233,8 @@ def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
     if is_packed(cfg.name):
         if limit:
             raise UserError(f"{cfg.name}: --limit is not supported for a packed store")
-        loader, classes, count, fingerprint = packed_split(
+        return packed_split(
             train, cfg, lambda n: ShardedBatches(n, batch_size, d, shuffle=train and not ordered, seed=seed))
-        return Split(loader, classes, count, fingerprint=fingerprint)
     return folder_split(train, cfg, batch_size, seed, limit, ordered, d, strict)
 
 

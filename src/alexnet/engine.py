@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .distributed import Dist, all_sum, any_flag
-from .errors import UserError
-from .health import HealthEvent, HealthMonitor
+from .errors import Unhealthy, UserError
+from .health import HealthMonitor
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# --amp choices: "auto" is decided at the start of a run (plan.choose_precision)
-AMP_CHOICES = ("auto", *AMP_DTYPES)
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # config.AMP_MODES but "auto"
 
 
 def mps_available() -> bool:
@@ -74,14 +74,6 @@ def _totals(loss_sum, correct_sum, seen: int, device, d: Dist) -> list[float]:
     return all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
 
 
-class Unhealthy(RuntimeError):
-    """The health monitor stopped the run (it diverged); `event` says how and where."""
-
-    def __init__(self, event: HealthEvent):
-        self.event = event
-        super().__init__(event.message)
-
-
 class _HealthWindows:
     """Feeds the monitor the mean loss of each window of steps between two syncs (every
     process sees the same all-reduced totals, so all decide alike); raises Unhealthy on a
@@ -120,62 +112,97 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
     return loss, logits
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, preprocess, device, amp: str,
-                    label_smoothing: float = 0.0, desc: str = "train", log_every: int = 20,
-                    seed: int = 0, epoch: int = 0, first_step: int = 0, d: Dist = Dist(),
-                    should_stop=lambda: False, show: bool = True,
-                    health: HealthMonitor | None = None, last_step: int | None = None) -> dict:
-    """Train for one pass over `loader` (from batch `first_step` on, up to batch `last_step`,
-    default all).
+@dataclass
+class Stepper:
+    """What a training step needs, built once per run."""
+    net: torch.nn.Module           # the model as trained: itself, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    preprocess: Callable           # augment.Preprocess: uint8 batch on the device -> input
+    device: torch.device
+    amp: str = "off"
+    label_smoothing: float = 0.0
+    after_step: Callable[[], None] = lambda: None  # a per-step schedule (optim.Schedule)
 
-    Returns loss, accuracy and images/s over all processes, and `steps`, the index of the
-    next batch; `stopped` when should_stop() became true on any process, after a whole
-    step. Every log_every steps and at the end, the window's mean loss and the gradients
-    go to the health monitor (health.py; default: NaN/inf checks only), on all processes
-    at once: a divergence raises Unhealthy, a warning is printed once.
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step on a uint8 batch; returns the loss, the logits and the labels on the device."""
+        images = self.preprocess(images.to(self.device, non_blocking=True), train=True)
+        labels = labels.to(self.device, non_blocking=True)
+        loss, logits = train_step(self.net, self.optimizer, self.scaler, images, labels, self.amp,
+                                  self.label_smoothing)
+        self.after_step()
+        return loss, logits, labels
+
+
+@dataclass(frozen=True)
+class Span:
+    """Which batches of which epoch to train: from `first` (a mid-epoch resume) up to `last`
+    (None: the end; earlier in the last epoch of a run of a given number of steps)."""
+    epoch: int = 0
+    first: int = 0
+    last: int | None = None
+    seed: int = 0                  # with epoch, step and rank: every step's randomness
+
+
+@dataclass
+class Watch:
+    """How an epoch reports and checks itself: progress bar, health checks, stop requests."""
+    d: Dist = field(default_factory=Dist)
+    health: HealthMonitor | None = None  # None: the NaN/inf checks only
+    log_every: int = 20
+    show: bool = True
+    should_stop: Callable[[], bool] = lambda: False
+    desc: str = "train"
+
+
+def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = Watch()) -> dict:
+    """Train on `loader`'s batches of `span`; returns loss, accuracy and images/s over all
+    processes, and `steps`, the index of the next batch; `stopped` when should_stop()
+    became true on any process, after a whole step.
+
+    Every log_every steps and at the end, the window's mean loss and the gradients go to
+    the health monitor (health.py), on all processes at once: a divergence raises
+    Unhealthy, a warning is printed once.
     """
-    health = health or HealthMonitor(num_classes=1)  # one class: only the NaN/inf checks
-    warn = tqdm.write if show else (lambda line: None)
-    windows = _HealthWindows(health, getattr(model, "module", model), warn, epoch * len(loader))
-    model.train()
+    d, device = watch.d, step.device
+    health = watch.health or HealthMonitor(num_classes=1)  # one class: only the NaN/inf checks
+    warn = tqdm.write if watch.show else (lambda line: None)
+    windows = _HealthWindows(health, getattr(step.net, "module", step.net), warn, span.epoch * len(loader))
+    step.net.train()
     start = time.perf_counter()
-    last_step = len(loader) if last_step is None else min(last_step, len(loader))
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not show,
-               total=last_step - first_step)
+    last_step = len(loader) if span.last is None else min(span.last, len(loader))
+    bar = tqdm(loader, desc=watch.desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=not watch.show, total=last_step - span.first)
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
-    seen, step, stopped = 0, first_step, False
-    for step, (images, labels) in enumerate(bar, start=first_step):
-        torch.manual_seed(step_seed(seed, epoch, step, d.rank))
-        images = preprocess(images.to(device, non_blocking=True), train=True)
-        labels = labels.to(device, non_blocking=True)
-        loss, logits = train_step(model, optimizer, scaler, images, labels, amp, label_smoothing)
-        if scheduler is not None:  # per-step schedules; the plateau rule steps per epoch
-            scheduler.step()
+    seen, i, stopped = 0, span.first, False
+    for i, (images, labels) in enumerate(bar, start=span.first):
+        torch.manual_seed(step_seed(span.seed, span.epoch, i, d.rank))
+        loss, logits, labels = step(images, labels)
         n = labels.shape[0]
         loss_sum += loss.detach() * n
         correct_sum += (logits.detach().argmax(1) == labels).sum()
         seen += n
-        last = step + 1 >= last_step
-        if (step + 1) % log_every == 0 and not last:
+        last = i + 1 >= last_step
+        if (i + 1) % watch.log_every == 0 and not last:
             # one host sync (and one small all-reduce under DDP) every log_every steps
             totals = _totals(loss_sum, correct_sum, seen, device, d)
-            windows.check(step, totals)
+            windows.check(i, totals)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                            lr=f"{step.optimizer.param_groups[0]['lr']:.3g}",
                             img_s=f"{totals[2] / (time.perf_counter() - start):.0f}", refresh=False)
         if last:
             break
-        if any_flag(should_stop(), device, d):
+        if any_flag(watch.should_stop(), device, d):
             stopped = True
             break
     bar.close()
     totals = _totals(loss_sum, correct_sum, seen, device, d)
-    windows.check(step, totals)
+    windows.check(i, totals)
     elapsed = time.perf_counter() - start
     images = max(totals[2], 1.0)
     return {"loss": totals[0] / images, "acc": totals[1] / images, "images": int(totals[2]),
-            "seconds": elapsed, "images_per_s": totals[2] / elapsed, "steps": step + 1,
+            "seconds": elapsed, "images_per_s": totals[2] / elapsed, "steps": i + 1,
             "stopped": stopped}
 
 
@@ -210,7 +237,7 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
         top1, top5, seen = top1 + c1, top5 + c5, seen + labels.shape[0]
     # each process saw its own images (ShardedBatches: every image once): add them up;
     # unreadable files were skipped, and the result says how many
-    skipped = len(getattr(loader, "unreadable", []))
+    skipped = len(loader.unreadable)
     loss_sum, top1, top5, seen, skipped = all_sum([loss_sum, top1, top5, seen, skipped], device, d)
     n = max(seen, 1)
     return {"images": int(seen), "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,

@@ -38,7 +38,7 @@ def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, mirro
         data_cfg = dataclasses.replace(data_cfg, name=data)
     if data_dir is not None:
         data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
-    split = load_split(False, data_cfg, batch_size * d.world, limit=limit, d=d)
+    split = load_split(False, data_cfg, batch_size, limit=limit, d=d)  # the global batch, as in train
     names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name),
                                                                  data_cfg.synsets)
     if loaded.classes not in (split.classes, names):  # imported weights know names, not wnids

@@ -5,17 +5,28 @@ once per arm and seed, then writes to OUT/NAME/: results.json, results.md (mean 
 spread over seeds) and results.png. Sized so that the whole set runs in under an hour on
 a 2-core CPU (full: 4 epochs on all 60,000 images, 3 seeds); --quick runs each in about
 a minute (2 epochs on 3,000 images, one seed) for the test suite.
+
+`alexnet experiment all` trains each distinct run once: most experiments' first arm is
+the recipe unchanged (ReLU, LRN, overlapping pooling and two towers are its defaults), so
+a run is known by what it would train (run_key: the resolved RunConfig, seed included,
+and the image limits; not the arm's label) and an experiment that needs a run an earlier
+one trained links its arm's folder to that run's (a copy where links are refused).
+results.json ("reused") and results.md say which runs came from another experiment.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import json
+import os
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from .jsonio import write_json
 from .presets import resolve
+from .rundir import read_metrics
 
 # The training error a linear classifier reaches on Fashion-MNIST (logistic regression is
 # about 84% accurate, i.e. 16% error): crossing 15% means the network has learned features
@@ -65,13 +76,6 @@ FULL = Size(epochs=4, seeds=3, limit_train=None, limit_val=None)
 QUICK = Size(epochs=2, seeds=1, limit_train=3000, limit_val=1000)
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        # numbers; "health" (the events of the epoch, words) and blanks (not validated) stay text
-        return [{k: float(v) if v != "" and k != "health" else v for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
 def crossing(xs: list[float], errors: list[float], threshold: float) -> float | None:
     """First x where the error falls to `threshold`, linear between the measured points
     (from (0, 0.9): chance on 10 classes); None if it never does."""
@@ -91,25 +95,77 @@ def _spread(values: list[float]) -> dict:
             "n": len(values)}
 
 
+def run_key(cfg, limit_train: int | None, limit_val: int | None) -> str:
+    """What identifies a training run: its resolved configuration (seed, epochs, model,
+    data and data folder included) and its image limits, without its output folder."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k != "out"}
+    blob = json.dumps({"config": d, "limit_train": limit_train, "limit_val": limit_val},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _run_dir_name(arm: str, seed: int) -> str:
+    return f"{arm.replace(' ', '-').replace('/', '')}-seed{seed}"
+
+
+def _clear(path: Path) -> None:
+    """Remove what an earlier invocation left at an arm's run folder: a link (never what
+    it points to) or the folder."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _reuse(source: Path, run_dir: Path) -> None:
+    """Make `run_dir` show the run trained in `source`: a relative link, else a copy."""
+    _clear(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(os.path.relpath(source, run_dir.parent), run_dir, target_is_directory=True)
+    except OSError:  # no links on this file system (or no right to make them)
+        shutil.copytree(source, run_dir)
+
+
 def run(name: str, data: str = "fashion-mnist", data_dir: str | None = None, seeds: int | None = None,
-        quick: bool = False, out: str = "experiments", train_fn=None) -> dict:
-    """Train every arm of experiment `name` with every seed; write and return the results."""
+        quick: bool = False, out: str = "experiments", train_fn=None, trained: dict | None = None) -> dict:
+    """Train every arm of experiment `name` with every seed; write and return the results.
+
+    `trained` (run_key -> run folder), shared between calls, makes a run that an earlier
+    call trained be reused instead of trained again (`alexnet experiment all`); the runs
+    this call trains are added to it."""
     from .train import train
 
     train_fn = train_fn or train
+    trained = {} if trained is None else trained
     exp, size = EXPERIMENTS[name], QUICK if quick else FULL
     seeds = seeds or size.seeds
     folder = Path(out) / name
     runs: dict[str, list[list[dict]]] = {}
+    reused = []
     for arm, options in exp.arms.items():
         runs[arm] = []
         for seed in range(seeds):
-            run_dir = folder / f"{arm.replace(' ', '-').replace('/', '')}-seed{seed}"
+            run_dir = folder / _run_dir_name(arm, seed)
             cfg = resolve(data, {"name": None, **options}, {"data_dir": data_dir},
                           {"epochs": size.epochs, "seed": seed, "out": str(run_dir), "val_every": 1})
-            train_fn(cfg, limit_train=size.limit_train, limit_val=size.limit_val)
-            runs[arm].append(_read_metrics(run_dir))
+            key = run_key(cfg, size.limit_train, size.limit_val)
+            source = trained.get(key)
+            if source is None:
+                if run_dir.is_symlink():  # an earlier `all` linked it: train here, not there
+                    run_dir.unlink()
+                train_fn(cfg, limit_train=size.limit_train, limit_val=size.limit_val)
+                trained[key] = run_dir
+            elif os.path.abspath(source) != os.path.abspath(run_dir):
+                _reuse(Path(source), run_dir)
+                origin = os.path.relpath(source, out)
+                reused.append({"arm": arm, "seed": seed, "run": origin, "key": key})
+                print(f"alexnet experiment {name}: {arm}, seed {seed}: the same configuration as "
+                      f"{origin}, reused (not trained again)", flush=True)
+            runs[arm].append(read_metrics(run_dir))
     results = summarize(name, runs, seeds, size)
+    results["reused"] = reused
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "results.json", results)
     (folder / "results.md").write_text(table(results))
@@ -200,6 +256,9 @@ def table(results: dict) -> str:
         if "epochs_to_converge" in a:
             rows.append(f"\n{arm}: within 1 point of its final training error at epoch "
                         f"{_fmt(a['epochs_to_converge'], False)}")
+    if results.get("reused"):
+        rows.append("\nReused (the same configuration, trained once for another experiment): " + ", ".join(
+            f"{r['arm']} seed {r['seed']} = {r['run']}" for r in results["reused"]))
     rows += ["", "Effect: " + ", ".join(f"{k} = {v:.4g}" if v is not None else f"{k} = n/a"
                                         for k, v in results["effect"].items()), ""]
     return "\n".join(rows)
@@ -237,21 +296,3 @@ def plot(results: dict, runs: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def add_command(sub) -> None:
-    p = sub.add_parser("experiment", help="the paper's ablations: " + ", ".join(EXPERIMENTS))
-    p.add_argument("name", choices=[*EXPERIMENTS, "all"])
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--data-dir")
-    p.add_argument("--seeds", type=int, help=f"default {FULL.seeds} ({QUICK.seeds} with --quick)")
-    p.add_argument("--quick", action="store_true", help="a minute or two each, for tests")
-    p.add_argument("--out", default="experiments")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> None:
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-    for name in names:
-        r = run(name, args.data, args.data_dir, args.seeds, args.quick, args.out)
-        print(table(r))

@@ -18,8 +18,6 @@ exactly figsize x dpi pixels (no tight bounding box), written atomically.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,6 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .jsonio import to_json
 
 DPI = 100
 TILE_INCHES = 0.6          # filters: width of one kernel tile
@@ -230,17 +227,6 @@ def nearest_neighbors(model, preprocess, queries: torch.Tensor, train_loader, k:
     return {"distances": best_d.cpu(), "indices": best_i.cpu(), "train_images": seen}
 
 
-def _split_items(split, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """The uint8 images and labels at these positions of a split read in order."""
-    loader = split.loader
-    if hasattr(loader, "images"):  # in memory (Fashion-MNIST)
-        idx = torch.tensor(indices, dtype=torch.long)
-        return loader.images.index_select(0, idx), loader.labels.index_select(0, idx).tolist()
-    dataset = loader.loader.dataset.dataset  # FolderLoader -> _Tolerant -> the (Subset of a) folder
-    items = [dataset[i] for i in indices]
-    return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
-
-
 def neighbors_command(path: str, data: str | None = None, data_dir: str | None = None,
                       queries: int = 5, k: int = 6, out: str | None = None,
                       limit_train: int | None = None, batch_size: int = 256, seed: int = 0,
@@ -278,7 +264,7 @@ def neighbors_command(path: str, data: str | None = None, data_dir: str | None =
         raise UserError(f"--queries {queries} is more than the {source.size} images of the "
                         f"{'training' if query_split == 'train' else 'validation'} split")
     pick = torch.randperm(source.size, generator=torch.Generator().manual_seed(seed))[:queries].tolist()
-    q_images, q_labels = _split_items(source, pick)
+    q_images, q_labels = source.loader.items(pick)
 
     preprocess = Preprocess(data_cfg, cfg.model.input_size, dev, channels_last=False,
                             mean_image=loaded.mean_image)
@@ -287,7 +273,7 @@ def neighbors_command(path: str, data: str | None = None, data_dir: str | None =
     rows, nn_images = [], []
     for qi, (index, label) in enumerate(zip(pick, q_labels)):
         nn_idx = found["indices"][qi].tolist()
-        images, nn_labels = _split_items(train, nn_idx)
+        images, nn_labels = train.loader.items(nn_idx)
         nn_images.append(images)
         rows.append({"split": query_split, "index": index, "label": classes[label],
                      "neighbors": [{"index": i, "distance": float(d), "label": classes[y]}
@@ -327,32 +313,10 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top
 
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
     """The columns of RUN_DIR/metrics.csv that plot draws, as floats (blank: NaN)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not Path(run_dir).is_dir():
-        raise UserError(f"{path}: no such file ({run_dir} is not a directory)")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (a run directory from `alexnet train` has one "
-                        "after its first epoch)")
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in METRIC_COLUMNS if c not in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable CSV file ({e})") from e
-    if not rows:
-        raise UserError(f"{path}: empty, no epochs recorded yet")
-    if missing:
-        raise UserError(f"{path}: no column {', '.join(missing)} (not a metrics.csv from `alexnet train`?)")
-    columns: dict[str, list[float]] = {c: [] for c in METRIC_COLUMNS}
-    for line, row in enumerate(rows, start=2):
-        for c in METRIC_COLUMNS:
-            text = (row.get(c) or "").strip()
-            try:
-                columns[c].append(float(text) if text else math.nan)
-            except ValueError as e:
-                raise UserError(f"{path}: line {line}: {c} is {text!r}, not a number") from e
-    return columns
+    from .rundir import read_metrics as read_rows
+
+    rows = read_rows(run_dir)
+    return {c: [row[c] for row in rows] for c in METRIC_COLUMNS}
 
 
 def draw_curves(run_dir: str | Path, out: str | Path | None = None) -> dict:
@@ -386,64 +350,3 @@ def draw_curves(run_dir: str | Path, out: str | Path | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-def _size(r: dict) -> str:
-    return f"{r['size'][0]}x{r['size'][1]} px"
-
-
-def cmd_filters(args) -> None:
-    r = filters_command(args.checkpoint, args.out)
-    grids = ", ".join(f"{g['title']}: {g['tiles']}" for g in r["grids"])
-    text = f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), {_size(r)}"
-    print(to_json(r) if args.json else text)
-
-
-def cmd_neighbors(args) -> None:
-    r = neighbors_command(args.checkpoint, args.data, args.data_dir, args.queries, args.k, args.out,
-                          args.limit_train, args.batch_size, args.seed, args.query_split, args.device)
-    if args.json:
-        print(to_json(r))
-        return
-    lines = [f"{r['out']}: {len(r['queries'])} queries x {r['k']} nearest in fc7 among "
-             f"{r['train_images']:,} training images, {_size(r)}"]
-    for q in r["queries"]:
-        lines.append(f"{q['split']} #{q['index']} ({q['label']}):")
-        lines += [f"  train #{n['index']:<8} {n['distance']:10.4f}  {n['label']}" for n in q["neighbors"]]
-    print("\n".join(lines))
-
-
-def cmd_plot(args) -> None:
-    r = draw_curves(args.run_dir, args.out)
-    print(f"{r['out']}: {r['epochs']} epochs, {_size(r)}")
-
-
-def add_commands(sub) -> None:
-    """Add `filters`, `neighbors` and `plot` to the `alexnet` command's subparsers."""
-    p = sub.add_parser("filters", help="conv1 kernels as a PNG grid (Figure 3)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", metavar="PNG", help="default: conv1_filters.png beside the checkpoint")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_filters)
-
-    p = sub.add_parser("neighbors", help="training images nearest to test images in fc7 (Figure 4)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--data", help="default: what the checkpoint was trained on")
-    p.add_argument("--data-dir", help="Fashion-MNIST's folder (default: the checkpoint's)")
-    p.add_argument("--queries", type=int, default=5, help="number of query images")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query")
-    p.add_argument("--query-split", choices=["val", "train"], default="val",
-                   help="draw the queries from the validation/test split or the training split")
-    p.add_argument("--seed", type=int, default=0, help="chooses the query images")
-    p.add_argument("--limit-train", type=int, help="search only the first N training images "
-                   "(image folders: a fixed random subset)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", metavar="PNG", help="default: neighbors.png beside the checkpoint")
-    p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
-    p.set_defaults(func=cmd_neighbors)
-
-    p = sub.add_parser("plot", help="loss, accuracy and learning-rate curves of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with metrics.csv")
-    p.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
-    p.set_defaults(func=cmd_plot)

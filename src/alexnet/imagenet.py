@@ -121,6 +121,12 @@ def human_names(classes: list[str], root: Path, synsets_file: str | None = None)
         names = read_meta_mat(meta)[1]
         return [names.get(c, c) for c in classes]
     if len(classes) == 1000 and classes == sorted(classes):
-        from torchvision.models import AlexNet_Weights
-        return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+        return imagenet_categories()
     return None
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ILSVRC-2012 class names in wnid order, from torchvision's local metadata."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])

@@ -18,14 +18,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import DataConfig, RunConfig, TrainConfig
+from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .imagenet import imagenet_categories
 from .jsonio import to_json
 from .model import build_model, model_config
 
 # torchvision's ImageNet Normalize(mean, std) acts on pixels / 255: the same in 0..255 units.
-IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 ONNX_OPSET = 17
 
 
@@ -61,9 +60,7 @@ def _read_classes(path: Path, count: int) -> list[str]:
 def _default_classes(count: int) -> list[str]:
     """torchvision's ImageNet category names (local metadata) for 1000 classes, else class_i."""
     if count == 1000:
-        from torchvision.models import AlexNet_Weights
-
-        return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+        return imagenet_categories()
     return [f"class_{i}" for i in range(count)]
 
 

@@ -7,13 +7,11 @@ resize x resize patch (§2) as uint8, C x H x W, in shards of raw bytes
 random crops, mirrors, mean subtraction and PCA lighting run on the device exactly as
 for JPEGs (augment.py), so a packed store and its folder give the same inputs.
 
-`--data OUT` trains from the store. Loading uses numpy.memmap and numpy.load with
-allow_pickle=False: nothing in the store can run code.
+`--data OUT` trains from the store (store.py reads it).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -25,32 +23,15 @@ from tqdm import tqdm
 from .config import DataConfig
 from .errors import UserError
 from .jsonio import write_json
+from .data import load_split
+from .store import FORMAT, MANIFEST
 
-MANIFEST = "pack.json"
-FORMAT = "alexnet-pack"
 SHARD_BYTES = 1 << 32  # 4 GiB of images per shard file
-
-
-def is_packed(name: str) -> bool:
-    return (Path(name) / MANIFEST).is_file()
-
-
-def read_manifest(root: str | Path) -> dict:
-    path = Path(root) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable pack manifest ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: not an alexnet pack manifest")
-    return manifest
 
 
 def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int | None = None,
          batch_size: int = 64, log=print) -> dict:
     """Decode DATA's train/ and val/ into OUT; returns the manifest."""
-    from .data import load_split
-
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: exists and is not empty")
@@ -81,7 +62,7 @@ def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int |
             f.close()
         label_array = torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, np.int64)
         np.save(tmp / f"{split_name}-labels.npy", label_array, allow_pickle=False)
-        unreadable = list(getattr(split.loader, "unreadable", []))
+        unreadable = list(split.loader.unreadable)
         manifest["splits"][split_name] = {"count": int(label_array.size), "shards": shards,
                                           "unreadable": unreadable, "fingerprint": split.fingerprint}
         log(f"alexnet: packed {label_array.size:,} {split_name} images"
@@ -91,56 +72,3 @@ def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int |
         out_dir.rmdir()
     os.replace(tmp, out_dir)
     return manifest
-
-
-class PackedImages:
-    """The images of one split of a store, indexable like a uint8 (N, C, S, S) tensor."""
-
-    def __init__(self, root: Path, split: dict, channels: int, size: int):
-        self.shape = (channels, size, size)
-        self.maps, self.starts = [], []
-        start = 0
-        for shard in split["shards"]:
-            path = root / shard["file"]
-            expected = shard["count"] * channels * size * size
-            if not path.is_file() or path.stat().st_size != expected:
-                raise UserError(f"{path}: missing or not {expected:,} bytes (an incomplete pack?)")
-            self.maps.append(np.memmap(path, dtype=np.uint8, mode="r", shape=(shard["count"], *self.shape)))
-            self.starts.append(start)
-            start += shard["count"]
-        self.count = start
-
-    def __len__(self) -> int:
-        return self.count
-
-    def take(self, idx: list[int]) -> torch.Tensor:
-        """The images at these indices as one uint8 tensor: one numpy gather per shard, in
-        ascending order within it (sequential reads), written back in the original order."""
-        idx = np.asarray(idx, dtype=np.int64)
-        out = np.empty((len(idx), *self.shape), dtype=np.uint8)
-        shard_of = np.searchsorted(self.starts, idx, side="right") - 1
-        for s in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == s)
-            where = where[np.argsort(idx[where], kind="stable")]
-            out[where] = self.maps[s][idx[where] - self.starts[s]]
-        return torch.from_numpy(out)
-
-
-def packed_split(train: bool, cfg: DataConfig, batches_for) -> tuple:
-    """(loader, classes, count, fingerprint) of a split of a packed store."""
-    from .data import InMemoryLoader
-
-    root = Path(cfg.name)
-    manifest = read_manifest(root)
-    if manifest["channels"] != cfg.channels:
-        raise UserError(f"{root}: packed with {manifest['channels']} channels, the run reads {cfg.channels}")
-    if manifest["resize"] != cfg.resize:
-        raise UserError(f"{root}: packed at {manifest['resize']} pixels; pass --resize {manifest['resize']}")
-    name = "train" if train else "val"
-    split = manifest["splits"][name]
-    images = PackedImages(root, split, manifest["channels"], manifest["resize"])
-    labels = torch.from_numpy(np.load(root / f"{name}-labels.npy", allow_pickle=False))
-    if len(labels) != len(images):
-        raise UserError(f"{root}: {len(labels)} labels for {len(images)} {name} images")
-    return (InMemoryLoader(images, labels, batches_for(len(labels))), list(manifest["classes"]),
-            len(labels), f"packed-{split['fingerprint']}")

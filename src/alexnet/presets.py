@@ -9,17 +9,25 @@ Recipes:
 - `folder` (the default for image folders): `paper` with Caffe's init and the lr scaled
   by sqrt(batch / 128), so that it trains at the batch sizes users have (4 to 128+).
 - `fashion-mnist` (the default for Fashion-MNIST): five minutes of training on the machine
-  that runs it (a budget: the epochs that fit are measured at the start, plan.py); every
-  departure from the paper is listed below with its reason.
+  that runs it (a budget: the epochs that fit are measured at the start, plan.py).
 
 A recipe sets the model, the training and the augmentation; the data decides how it is
 read (files, channels, per-channel statistics, stored size).
+
+Every way a recipe departs from `paper` carries its reason in the recipe itself
+(`Recipe.why`, keyed by config field). `departures(name)` compares the recipe's resolved
+config with the paper recipe's on the same data, field by field; `departures_markdown()`
+renders that as README's list, and `python -m alexnet.presets --readme README.md`
+rewrites it there (tests/test_departures.py keeps the three in step).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, is_fashion_mnist
@@ -37,45 +45,91 @@ class Recipe:
     # sqrt(batch / lr_batch) (Krizhevsky 2014, "One weird trick"), unless --lr is given.
     # None: never scaled (the paper's lr whatever the batch).
     lr_batch: int | None = None
+    # Why the recipe departs from the paper's: one line per config field that differs from
+    # the `paper` recipe's ("model.init", "data.std", "train.lr", or "lr_batch" for the
+    # attribute above), with the evidence it rests on. tests/test_departures.py fails when
+    # a field differs without a reason here, or a reason names a field that does not differ.
+    why: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 RECIPES = {
     # §5 trained in fp32: amp "off" keeps the arithmetic the paper's (--amp auto: bf16 where faster)
     "paper": Recipe({"name": "paper"}, TrainConfig(amp="off", out="runs/alexnet"),
                     {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True),
-    # The default for a folder: the paper's recipe with two departures that let it train at
-    # any batch size (docs/FIDELITY.md, "The image-folder default"): Caffe's init (biases 0.1,
-    # fc6/fc7 std 0.005), and the lr 0.01 scaled by sqrt(batch / 128). Measured on real
-    # photos, the paper's recipe diverged at batch 4 and 32; with a linearly scaled lr the
-    # paper's init still blew up at batch 32 and Caffe's crawled at batch 4.
-    "folder": Recipe({"name": "paper", "init": "caffe"}, TrainConfig(out="runs/alexnet"),
-                     {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True, lr_batch=128),
-    # Fashion-MNIST, departures from the paper and why:
+    # The default for a folder: the paper's recipe with the departures that let it train at
+    # any batch size (docs/FIDELITY.md, "The image-folder default").
+    "folder": Recipe(
+        {"name": "paper", "init": "caffe"}, TrainConfig(out="runs/alexnet"),
+        {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True, lr_batch=128,
+        why={
+            "model.init": "Caffe's (biases 0.1, fc6/fc7 N(0, 0.005)): on real photos the paper's "
+                          "recipe diverged at batch 4 and 32, and the paper's init still blew up at "
+                          "batch 32 with a linearly scaled lr (docs/FIDELITY.md)",
+            "lr_batch": "Krizhevsky 2014 (\"One weird trick\"): 0.01 at batch 128, 0.005 at 32, 0.0018 "
+                        "at 4; the linear rule made Caffe's init crawl at batch 4 (docs/FIDELITY.md); "
+                        "--lr wins",
+            "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
+                         "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+        }),
     "fashion-mnist": Recipe(
-        {"name": "small",    # 28x28 inputs: the paper's topology at small-image widths (model.py)
-         "init": "kaiming",  # N(0, 0.01) with biases 1 leaves this net's loss flat (BENCHMARKS.md)
-         "width": 0.75,      # 28-72-108-108-72 / 576: 1.4x the images/s of width 1, the same
-                             # accuracy in the same time (91.99 / 91.94%, BENCHMARKS.md)
-         "dropout": 0.25},   # §4.2 says 0.5; in runs this short less is as good (BENCHMARKS.md)
-        TrainConfig(
-            budget=300.0,         # five minutes of training on whatever machine runs it (plan.py)
-            epochs=30,            # the most a budget may plan (a GPU fits many more in 5 minutes)
-            val_every=0,          # validate once, at the end: the budget goes to training
-            eval_mirror=True,     # §4.1's test-time mirrors: +0.1 to +0.5 points (BENCHMARKS.md)
-            batch_size=96,        # §5 says 128; 96 gave +0.2 points with lr 0.06 (BENCHMARKS.md)
-            lr=0.06,              # with He init; +0.6 points over 0.04 in 6 epochs (BENCHMARKS.md)
-            schedule="onecycle",  # a fixed short budget: warm-up + cosine to zero, no plateaus to wait for
-            warmup_epochs=0.5,
-            label_smoothing=0.1,  # not in the paper; with lr 0.04: +0.2 points in ten epochs (BENCHMARKS.md)
-            amp="auto",           # fp32 or bf16, whichever trains faster on this machine (plan.py)
-            out="runs/fashion-mnist",
-        ),
-        # Per-channel mean (the 28x28 mean image gains nothing here); mirrors without
-        # random shifts: in runs this short shifts cost a point (BENCHMARKS.md); no PCA
-        # lighting on grayscale.
+        {"name": "small", "init": "kaiming", "width": 0.75, "dropout": 0.25},
+        TrainConfig(budget=300.0, epochs=30, val_every=0, eval_mirror=True, batch_size=96, lr=0.06,
+                    schedule="onecycle", warmup_epochs=0.5, label_smoothing=0.1, amp="auto",
+                    out="runs/fashion-mnist"),
+        # mirrors without random shifts (translate 0, as in the paper recipe): in runs this
+        # short, shifts cost a point (docs/BENCHMARKS.md)
         {"mean_image": False, "lighting": 0.0, "translate": 0},
-        pixel_scale=False,  # inputs divided by the std: He init expects unit-scale inputs
-    ),
+        pixel_scale=False,
+        why={
+            "model.name": "`small`: the paper's topology (LRN, overlapping pooling, groups, dropout) "
+                          "sized for 28x28 inputs (model.py)",
+            "model.input_size": "the images' own 28x28; the `paper` model would need them upsampled to 227",
+            "model.init": "He init: N(0, 0.01) with biases 1 leaves this network's loss flat at ln 10 "
+                          "(docs/BENCHMARKS.md)",
+            "model.width": "28-72-108-108-72 convolutions, 576 fc units: 1.4x the images/s of width 1 "
+                           "and the same accuracy in the same time (91.99 against 91.94%, "
+                           "docs/BENCHMARKS.md)",
+            "model.dropout": "§4.2 says 0.5; in runs this short 0.25 is as good (91.99% against 91.85% "
+                             "with 0.5, within one seed's noise; docs/BENCHMARKS.md)",
+            "data.mean_image": "the per-channel mean, which every run in docs/BENCHMARKS.md used; the "
+                               "28x28 mean image has not been compared",
+            "data.std": "inputs divided by their std: He init expects unit-scale inputs; raw pixels "
+                        "minus the mean did not train (9.85%, docs/BENCHMARKS.md)",
+            "data.lighting": "§4.1's PCA lighting is for RGB; on grayscale it is off either way "
+                             "(augment.py), and 0 says so",
+            "train.epochs": "an upper bound: the budget plans the epochs that fit, at most 30",
+            "train.batch_size": "§5 says 128; 96 with a half-epoch warm-up (measured together) gave "
+                                "+0.2 points (docs/BENCHMARKS.md)",
+            "train.lr": "with He init; +0.3 to +0.6 points over 0.04 (docs/BENCHMARKS.md)",
+            "train.schedule": "a fixed short budget: warm-up, then a cosine to zero, with no plateaus "
+                              "to wait for",
+            "train.warmup_epochs": "half an epoch of linear warm-up before the cosine; with batch 96 "
+                                   "(measured together): +0.2 points (docs/BENCHMARKS.md)",
+            "train.label_smoothing": "not in the paper; with lr 0.04 it gave +0.2 points over lr 0.02 "
+                                     "without it, in ten epochs (docs/BENCHMARKS.md; the two changes "
+                                     "were measured together)",
+            "train.amp": "speed: on a CPU the faster of fp32 and bf16, timed at the start; bf16 on a "
+                         "CUDA card that has it (plan.py)",
+            "train.budget": "five minutes of training on whatever machine runs it (plan.py)",
+            "train.val_every": "validate once, at the end: the budget goes to training (about ten "
+                               "validations of 3 s saved in a 10-epoch budget, docs/BENCHMARKS.md)",
+            "train.eval_mirror": "§4.1's test-time mirrors without its crops (28x28 leaves no margin): "
+                                 "+0.1 to +0.5 points (docs/BENCHMARKS.md)",
+        }),
+}
+
+# The data each recipe is for: departures() resolves a recipe, and the paper recipe it is
+# compared with, on this data. Any folder name stands for "an image folder".
+RECIPE_DATA = {"paper": "photos", "folder": "photos", "fashion-mnist": FASHION_MNIST}
+
+# Fields that may differ from the paper recipe's without being a departure from the paper.
+# Both sides are resolved on the same data, so what the data alone sets (Fashion-MNIST's
+# 28x28 stored size, its per-channel mean) is equal on both sides and never shows; these
+# are the rest:
+NOT_DEPARTURES = {
+    "model.in_channels": "a variant's default; training sets it from the data (train.py)",
+    "model.num_classes": "a variant's default; training sets it from the data's classes (train.py)",
+    "train.out": "where the run writes, not how it trains",
 }
 
 
@@ -119,3 +173,126 @@ def resolve(data: str, model: dict, data_overrides: dict, train_overrides: dict,
     if train_cfg.schedule == "plateau" and train_cfg.val_every != 1:
         raise UserError("--schedule plateau decides after every epoch's validation: it needs --val-every 1")
     return RunConfig(model=model_cfg, data=data_cfg, train=train_cfg)
+
+
+# --- departures from the paper, generated from the recipes ------------------------------
+
+def _fields(cfg: RunConfig, recipe: Recipe) -> dict:
+    """Every config field by its dotted name, and the recipe's lr rule as `lr_batch`."""
+    values = {f"{part}.{f.name}": getattr(getattr(cfg, part), f.name)
+              for part in ("model", "data", "train") for f in dataclasses.fields(getattr(cfg, part))}
+    values["lr_batch"] = recipe.lr_batch
+    return values
+
+
+def differences(name: str) -> list[tuple[str, object, object]]:
+    """(field, paper recipe's value, this recipe's value) for every field in which recipe
+    `name`, resolved on the data it is for, differs from the paper recipe on the same
+    data, in config order; NOT_DEPARTURES left out."""
+    data = RECIPE_DATA[name]
+    ours = _fields(resolve(data, {}, {}, {}, recipe=name), RECIPES[name])
+    paper = _fields(resolve(data, {}, {}, {}, recipe="paper"), RECIPES["paper"])
+    return [(k, paper[k], v) for k, v in ours.items() if v != paper[k] and k not in NOT_DEPARTURES]
+
+
+def departures(name: str) -> list[tuple[str, object, object, str]]:
+    """(field, paper value, recipe value, why) for each departure of recipe `name` from the
+    paper recipe; why is "" where the recipe gives no reason (reason_problems says so)."""
+    why = RECIPES[name].why
+    return [(k, p, v, why.get(k, "")) for k, p, v in differences(name)]
+
+
+def reason_problems(name: str) -> list[str]:
+    """What is wrong with recipe `name`'s reasons: a departure without one, or one for a
+    field that does not depart."""
+    differ = {k for k, _, _ in differences(name)}
+    why = RECIPES[name].why
+    return ([f"{name}: {k} differs from the paper recipe but has no reason in Recipe.why"
+             for k in sorted(differ) if not why.get(k, "").strip()]
+            + [f"{name}: Recipe.why gives a reason for {k}, which does not differ from the paper recipe"
+               for k in sorted(set(why) - differ)])
+
+
+def _show(field: str, value) -> str:
+    if field == "lr_batch":
+        return "the lr at any batch" if value is None else f"lr x sqrt(batch / {value})"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ", ".join(_show(field, v) for v in value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_HEADINGS = {
+    "folder": "`--recipe folder`, the default for an image folder, against `--recipe paper` "
+              "on the same folder",
+    "fashion-mnist": "`--recipe fashion-mnist`, the default for Fashion-MNIST, against `--recipe paper` "
+                     "on Fashion-MNIST",
+}
+
+
+def departures_markdown() -> str:
+    """README's list of the recipes' departures from the paper recipe (the text between
+    its `<!-- departures:begin -->` and `<!-- departures:end -->` lines)."""
+    problems = [p for name in RECIPES for p in reason_problems(name)]
+    if problems:
+        raise ValueError("; ".join(problems))
+    lines = ["<!-- generated from src/alexnet/presets.py by `python -m alexnet.presets --readme README.md`: "
+             "edit the recipes' `why` there, not this list -->"]
+    for name in RECIPES:
+        rows = departures(name)
+        if not rows:
+            continue
+        lines += ["", f"{_HEADINGS.get(name, f'`--recipe {name}` against `--recipe paper`')}:", "",
+                  f"| setting | `paper` recipe | `{name}` | why |", "|---|---|---|---|"]
+        lines += [f"| `{k}` | {_cell(_show(k, p))} | {_cell(_show(k, v))} | {_cell(why)} |"
+                  for k, p, v, why in rows]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- departures:begin -->", "<!-- departures:end -->"
+
+
+def readme_block(text: str) -> str:
+    """The text between README's departure markers (their own lines excluded)."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"expected one {BEGIN} line followed by one {END} line")
+    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].removeprefix("\n")
+
+
+def update_readme(path: str | Path) -> bool:
+    """Rewrite the departures block of the README at `path`; True if it changed."""
+    path = Path(path)
+    text = path.read_text()
+    old = readme_block(text)
+    new = departures_markdown()
+    if old == new:
+        return False
+    head, tail = text[:text.index(BEGIN) + len(BEGIN)], text[text.index(END):]
+    path.write_text(f"{head}\n{new}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m alexnet.presets",
+                                description="Print the recipes' departures from the paper (markdown).")
+    p.add_argument("--readme", metavar="FILE", help="rewrite the block between the departure markers in FILE")
+    args = p.parse_args(argv)
+    if args.readme is None:
+        sys.stdout.write(departures_markdown())
+        return 0
+    changed = update_readme(args.readme)
+    print(f"{args.readme}: departures {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

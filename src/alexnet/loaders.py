@@ -1,0 +1,188 @@
+"""The data contract: a Split, and the Loader protocol every loader implements.
+
+A loader yields (uint8 images N x C x H x W, int64 labels N) batches of one process's
+share of a split (ShardedBatches decides which), at the data's stored size; floats, crops,
+mirrors and lighting happen on the device (augment.py). Three loaders implement it:
+
+- InMemoryLoader: a uint8 tensor in memory (Fashion-MNIST) or a packed store's
+  memory-mapped images (store.py): one gather per batch;
+- FolderLoader: a DataLoader over image files (data.py decodes them) that skips
+  unreadable files and lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+
+from .distributed import Dist, check_batch
+from .errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Loader(Protocol):
+    unreadable: list[str]   # files skipped so far (always empty for in-memory data)
+    workers: int            # DataLoader worker processes (0: none)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw epoch `epoch`'s order; start at batch `start` (a mid-epoch resume)."""
+
+    def __len__(self) -> int:
+        """Batches in an epoch, for this process."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """The uint8 images and labels at these positions of the split (file order)."""
+
+
+@dataclass
+class Split:
+    """One split of a dataset: this process's loader and what describes the split."""
+    loader: Loader
+    classes: list[str]
+    size: int               # number of images
+    fingerprint: str        # identifies the images (cache key of the mean image)
+
+
+class ShardedBatches:
+    """The index batches one process reads in an epoch (a DataLoader batch_sampler).
+
+    Training (shuffle=True): the global order is a permutation drawn from (seed, epoch);
+    global batch i is order[i*B:(i+1)*B], and process r of N takes its r-th slice of
+    B / N, so N processes see exactly the batches one process would (and DDP averages
+    their gradients into the same step). The last partial batch is dropped.
+    Evaluation and statistics (shuffle=False): process r takes images r, r+N, r+2N, ...:
+    every image exactly once, no padding. `start` skips batches for a mid-epoch resume.
+    """
+
+    def __init__(self, n: int, global_batch: int, d: Dist, shuffle: bool, seed: int = 0):
+        self.n, self.global_batch, self.d, self.shuffle, self.seed = n, global_batch, d, shuffle, seed
+        self.batch = check_batch(global_batch, d)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.n // self.global_batch
+        return -(-len(range(self.d.rank, self.n, self.d.world)) // self.batch)
+
+    def __iter__(self):
+        r, b = self.d.rank, self.batch
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+                self.seed * 100_003 + self.epoch)).tolist()
+            for i in range(self.start, len(self)):
+                yield order[i * self.global_batch + r * b:i * self.global_batch + (r + 1) * b]
+        else:
+            mine = range(r, self.n, self.d.world)
+            for i in range(self.start, len(self)):
+                yield list(mine[i * b:(i + 1) * b])
+
+
+class InMemoryLoader:
+    """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB) or of a packed store's
+    memory-mapped images (anything with take(indices) -> uint8 tensor), where a
+    DataLoader's per-item work would cost more than the model: one gather per batch."""
+
+    workers = 0
+
+    def __init__(self, images, labels: torch.Tensor, batches: ShardedBatches):
+        self.images, self.labels, self.batches = images, labels, batches
+        self.unreadable: list[str] = []
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _take(self, idx: list[int]) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            return self.images.index_select(0, torch.tensor(idx, dtype=torch.long))
+        return self.images.take(idx)  # a packed store's memory-mapped shards
+
+    def __iter__(self):
+        for idx in self.batches:
+            yield self._take(idx), self.labels[idx]
+
+    def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        return self._take(list(indices)), self.labels[list(indices)].tolist()
+
+
+def default_workers() -> int:
+    """DataLoader workers per training process: the cores this process may use (its CPU
+    affinity, which containers and job schedulers set), shared among the processes
+    torchrun starts on this machine, less one each for the training process itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    return max(1, cores // max(1, local) - 1)
+
+
+class _Tolerant(torch.utils.data.Dataset):
+    """Hands out (image, label, None), or (None, -1, reason) for a file that cannot be read,
+    so that a corrupt file in a training set of a million does not end the run."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            image, label = self.dataset[i]
+            return image, label, None
+        except UserError as e:
+            return None, -1, str(e)
+
+
+def _collate_readable(items):
+    good = [(x, y) for x, y, bad in items if bad is None]
+    bad = [reason for _, _, reason in items if reason is not None]
+    if not good:
+        return None, None, bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+
+
+class FolderLoader:
+    """A DataLoader over ShardedBatches of a map-style dataset of (uint8 image, label) that
+    skips unreadable files (the dataset raises UserError for them) and remembers them.
+
+    strict: the first unreadable file ends the run with its path instead.
+    """
+
+    def __init__(self, dataset, batches: ShardedBatches, workers: int, strict: bool = False):
+        self.dataset, self.batches, self.strict = dataset, batches, strict
+        self.unreadable: list[str] = []
+        self.workers = default_workers() if workers < 0 else workers
+        self._loader = torch.utils.data.DataLoader(
+            _Tolerant(dataset), batch_sampler=batches, num_workers=self.workers,
+            collate_fn=_collate_readable, pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        for images, labels, bad in self._loader:
+            if bad:
+                if self.strict:
+                    raise UserError(f"{bad[0]} (--strict stops at the first unreadable file)")
+                self.unreadable += [b for b in bad if b not in self.unreadable]
+            if images is None:
+                raise UserError(f"no readable image in a whole batch, e.g. {bad[0]}")
+            yield images, labels
+
+    def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        pairs = [self.dataset[i] for i in indices]  # an unreadable file: its UserError
+        return torch.stack([x for x, _ in pairs]), [int(y) for _, y in pairs]

@@ -1,0 +1,182 @@
+"""§5's optimiser and the run's learning-rate schedule, in one object (`Schedule`).
+
+The schedule owns every learning-rate decision of a run: the per-step multiplier (step,
+onecycle), the per-epoch plateau rule (§5), §5's momentum rule across a drop, when a
+plateau run is finished, and what a resumed run changes (another --lr, another length).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import TrainConfig
+from .errors import UserError
+
+
+@dataclass
+class LrSchedule:
+    """Learning-rate multiplier per optimiser step (a LambdaLR function with plain state).
+
+    step:     /10 every `step_epochs` epochs: the Caffe/torchvision alternative to §5's
+              plateau rule, for runs of a fixed length.
+    onecycle: linear warm-up, then a cosine from 1 to 0 over the remaining steps: gets
+              the most out of a short, fixed budget, such as the Fashion-MNIST recipe.
+    """
+    kind: str
+    epochs: int
+    steps_per_epoch: int
+    step_epochs: int
+    warmup_epochs: float
+    total_steps: int | None = None  # the run's length in steps (None: epochs x steps_per_epoch)
+
+    def step_factor(self, step: int) -> float:
+        return 0.1 ** (step // (self.step_epochs * self.steps_per_epoch))
+
+    def onecycle_factor(self, step: int) -> float:
+        warm = self.warmup_epochs * self.steps_per_epoch
+        if step < warm:
+            return (step + 1) / warm
+        total = self.total_steps or self.epochs * self.steps_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+
+    def __call__(self, step: int) -> float:
+        return {"step": self.step_factor, "onecycle": self.onecycle_factor}[self.kind](step)
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> "LrSchedule":
+        return cls(cfg.schedule, cfg.epochs, steps_per_epoch, cfg.step_epochs, cfg.warmup_epochs, cfg.steps)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """plateau (§5): lr / 10 when the validation error has not improved by `plateau_threshold`
+    for more than `plateau_patience` epochs (the paper gives no numbers: ours), stepped
+    once per epoch with the error. step / onecycle: a LambdaLR stepped every batch."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience,
+            threshold=cfg.plateau_threshold, threshold_mode="abs", eps=0.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule.for_run(cfg, steps_per_epoch))
+
+
+def lr_drops(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    """How many times the learning rate has been divided by 10 so far."""
+    return round(math.log10(cfg.lr / optimizer.param_groups[0]["lr"]))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """§5's SGD: momentum 0.9, weight decay 5e-4, one lr for every layer (cfg's values)."""
+    # §5 writes the update as  v <- 0.9 v - 0.0005 lr w - lr grad;  w <- w + v.
+    # PyTorch's SGD keeps b <- 0.9 b + (grad + 0.0005 w);  w <- w - lr b, i.e. b = -v / lr.
+    # The two are the same while lr is constant. After a drop from lr0 to lr1 the paper's
+    # velocity v still moves the weights by the old lr0's steps, decaying by 0.9 a step;
+    # PyTorch's b is in gradient units, so the step shrinks to lr1's at once.
+    # momentum_rule "paper" (the default) keeps the paper's: see paper_momentum_at_drop.
+    # fused: the whole update in one kernel (CPU and CUDA), the same numbers as foreach;
+    # 12 against 83 ms a step for the paper model's 61 M parameters on a 2-core CPU.
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, foreach=None if fused else True, fused=fused or None)
+
+
+def paper_momentum_at_drop(optimizer: torch.optim.SGD, old_lr: float, new_lr: float) -> None:
+    """Make PyTorch's SGD follow §5's rule across a drop: b = -v / lr, so b *= old / new."""
+    for state in optimizer.state.values():
+        if state.get("momentum_buffer") is not None:
+            state["momentum_buffer"].mul_(old_lr / new_lr)
+
+
+class Schedule:
+    """The learning rate of a run, step by step and epoch by epoch.
+
+    after_step() after every optimiser step (step, onecycle); end_epoch(error) after every
+    epoch (plateau steps with the validation error; a drop applies the momentum rule);
+    `finished` once a plateau run has dropped `lr_drops` times and stalled again (§5).
+    """
+
+    def __init__(self, optimizer: torch.optim.SGD, cfg: TrainConfig, steps_per_epoch: int):
+        self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch
+        self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+        self.per_step = cfg.schedule != "plateau"
+        self._epoch_lr = self.lr
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def after_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def start_epoch(self) -> float:
+        """The lr the epoch starts with (metrics.csv's `lr`)."""
+        self._epoch_lr = self.lr
+        return self._epoch_lr
+
+    def end_epoch(self, val_error: float | None) -> str | None:
+        """The per-epoch decision; returns a line for the log when the lr dropped."""
+        if not self.per_step:
+            self.scheduler.step(val_error)
+        old, new = self._epoch_lr, self.lr
+        if new >= old or self.cfg.schedule == "onecycle":
+            return None
+        if self.cfg.momentum_rule == "paper":
+            paper_momentum_at_drop(self.optimizer, old, new)
+        return f"learning rate {old:.3g} -> {new:.3g} (drop {lr_drops(self.optimizer, self.cfg)})"
+
+    @property
+    def finished(self) -> bool:
+        """§5: the lr was divided by 10 three times, and the error stopped improving again."""
+        return not self.per_step and lr_drops(self.optimizer, self.cfg) > self.cfg.lr_drops
+
+    def set_length(self, cfg: TrainConfig) -> None:
+        """A run's length changed (a budget's revision, a resume with more epochs): the
+        per-step multipliers are those of the new length from the current step on."""
+        self.cfg = cfg
+        if self.per_step:
+            fn = self.scheduler.lr_lambdas[0]
+            fn.epochs, fn.total_steps = cfg.epochs, cfg.steps
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def resume(self, state: dict, before: TrainConfig, log) -> None:
+        """Continue from a checkpoint's schedule; a new --lr scales it, and a new length
+        (--epochs, --steps, --warmup-epochs, --step-epochs) applies from here on."""
+        if before.schedule != self.cfg.schedule:
+            raise UserError(f"--schedule {self.cfg.schedule}: the checkpoint's run used "
+                            f"{before.schedule}; a run keeps its schedule (start a new run instead)")
+        self.scheduler.load_state_dict(state)
+        if self.per_step:  # LambdaLR restores its function's fields from the checkpoint: ours win
+            fn = self.scheduler.lr_lambdas[0]
+            new = LrSchedule.for_run(self.cfg, self.steps_per_epoch)
+            if vars(fn) != vars(new):
+                log(f"alexnet: schedule {self.cfg.schedule} rebuilt for {self._length(self.cfg)} "
+                    f"(was {self._length(before)}); it continues from step {self.scheduler.last_epoch}")
+            fn.__dict__.update(vars(new))
+        self._scale_lr(before.lr, log)
+        if self.per_step:  # the lr of the next step, from the (possibly new) multipliers
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * factor
+        self._epoch_lr = self.lr
+
+    def _length(self, cfg: TrainConfig) -> str:
+        steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        return f"{cfg.epochs} epochs, {steps} steps"
+
+    def _scale_lr(self, old_lr: float, log) -> None:
+        """A resumed run given another --lr (say, after a divergence) scales the schedule."""
+        new_lr = self.cfg.lr
+        if new_lr == old_lr:
+            return
+        ratio = new_lr / old_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        log(f"alexnet: learning rate scaled by {ratio:g} ({old_lr:g} -> {new_lr:g})")

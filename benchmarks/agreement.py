@@ -16,7 +16,7 @@ import torch
 from alexnet.augment import Preprocess
 from alexnet.checkpoint import load_inference
 from alexnet.data import load_split
-from alexnet.engine import autocast
+from alexnet.runtime import autocast
 
 
 @torch.no_grad()
@@ -45,8 +45,10 @@ def main() -> None:
     print(f"$ python benchmarks/agreement.py {args.checkpoint}  ({len(y):,} images of {cfg.data.name})")
     for name, preds in top.items():
         preds = torch.cat(preds)
-        print(f"{name:<14} top-1 {100 * (preds == y).float().mean():.2f}%   "
-              f"top class = fp32's on {int((preds == ref).sum()):,} of {len(y):,}")
+        print(
+            f"{name:<14} top-1 {100 * (preds == y).float().mean():.2f}%   "
+            f"top class = fp32's on {int((preds == ref).sum()):,} of {len(y):,}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from health import _Enough, record  # noqa: E402  (benchmarks/health.py)
-from photo_data import make_photo_folder  # noqa: E402  (tests/photo_data.py)
-
 from alexnet.cli import main  # noqa: E402
 from alexnet.jsonio import write_json  # noqa: E402
+from health import _Enough, record  # noqa: E402  (benchmarks/health.py)
+from photo_data import make_photo_folder  # noqa: E402  (tests/photo_data.py)
 
 PAPER_LR, PAPER_BATCH = 0.01, 128  # §5
 
@@ -51,31 +50,55 @@ def candidates(batch: int) -> dict[str, list[str]]:
 
 def run(folder: Path, batch: int, epochs: int, options: list[str]) -> list[float]:
     """The training loss of every step (a run that raises, e.g. on divergence, ends early)."""
-    losses = record(10 ** 9)
+    losses = record(10**9)
     with tempfile.TemporaryDirectory() as out:
         try:
-            main(["train", "--data", str(folder), "--recipe", "paper", "--batch-size", str(batch),
-                  "--epochs", str(epochs), "--amp", "off", "--device", "cpu", "--workers", "0",
-                  "--flat-steps", "1000000", "--out", out, *options])
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(folder),
+                    "--recipe",
+                    "paper",
+                    "--batch-size",
+                    str(batch),
+                    "--epochs",
+                    str(epochs),
+                    "--amp",
+                    "off",
+                    "--device",
+                    "cpu",
+                    "--workers",
+                    "0",
+                    "--flat-steps",
+                    "1000000",
+                    "--out",
+                    out,
+                    *options,
+                ]
+            )
         except _Enough:
             pass
     return list(losses)
 
 
 def epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
-    return [sum(losses[i:i + steps_per_epoch]) / len(losses[i:i + steps_per_epoch])
-            for i in range(0, len(losses), steps_per_epoch)]
+    return [
+        sum(losses[i : i + steps_per_epoch]) / len(losses[i : i + steps_per_epoch])
+        for i in range(0, len(losses), steps_per_epoch)
+    ]
 
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     batches = sorted({r["batch"] for r in results.values()})
     fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
     for ax, batch in zip(axes[0], batches):
-        for name, r in results.items():
+        for r in results.values():
             if r["batch"] == batch:
                 means = [m if m is not None and math.isfinite(m) else float("nan") for m in r["epoch_means"]]
                 ax.plot(range(1, len(means) + 1), means, "-o", label=r["candidate"], markersize=3)
@@ -109,8 +132,10 @@ def main_(argv: list[str]) -> None:
     folder = make_photo_folder(Path(tempfile.mkdtemp()), args.train_per_class, 3)
     images = 3 * args.train_per_class
     print(f"# {' '.join(sys.argv)}")
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {images} training photos, 3 classes, ln 3 = {math.log(3):.3f}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {images} training photos, 3 classes, ln 3 = {math.log(3):.3f}"
+    )
     results = {}
     for batch in args.batches:
         steps = images // batch
@@ -120,10 +145,19 @@ def main_(argv: list[str]) -> None:
             started = time.perf_counter()
             losses = run(folder, batch, args.epochs, options)
             means = epoch_means(losses, steps)
-            results[f"{name} @ {batch}"] = {"candidate": name, "batch": batch, "options": options,
-                                            "losses": losses, "epoch_means": means}
-            print(f"batch {batch:3d}  {name:<34} " + " ".join(f"{m:9.3g}" for m in means)
-                  + f"   ({len(losses)} steps, {time.perf_counter() - started:.0f} s)", flush=True)
+            results[f"{name} @ {batch}"] = {
+                "candidate": name,
+                "batch": batch,
+                "options": options,
+                "losses": losses,
+                "epoch_means": means,
+            }
+            print(
+                f"batch {batch:3d}  {name:<34} "
+                + " ".join(f"{m:9.3g}" for m in means)
+                + f"   ({len(losses)} steps, {time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     if args.json:
         write_json(args.json, results)
     if args.plot:

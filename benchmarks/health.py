@@ -57,8 +57,9 @@ def record(steps: int) -> list[float]:
 
 def window_means(losses: list[float], window: int) -> list[tuple[int, float]]:
     """(global step after the window, mean loss of its steps) for each whole window."""
-    return [((i + 1) * window, sum(losses[i * window:(i + 1) * window]) / window)
-            for i in range(len(losses) // window)]
+    return [
+        ((i + 1) * window, sum(losses[i * window : (i + 1) * window]) / window) for i in range(len(losses) // window)
+    ]
 
 
 def first_below(means: list[tuple[int, float]], level: float) -> int | None:
@@ -78,23 +79,42 @@ def main_(argv: list[str]) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         try:
-            main(["train", "--data-dir", args.data_dir, "--epochs", "1", "--amp", "off", "--device", "cpu",
-                  "--limit-val", "500", "--out", out, *args.train_args])
+            main(
+                [
+                    "train",
+                    "--data-dir",
+                    args.data_dir,
+                    "--epochs",
+                    "1",
+                    "--amp",
+                    "off",
+                    "--device",
+                    "cpu",
+                    "--limit-val",
+                    "500",
+                    "--out",
+                    out,
+                    *args.train_args,
+                ]
+            )
         except _Enough:
             pass
     seconds = time.perf_counter() - started
     ln_c = math.log(args.classes)
     means = window_means(losses, args.window)
     print(f"# {' '.join(sys.argv)}")
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {len(losses)} steps in {seconds:.0f} s")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {len(losses)} steps in {seconds:.0f} s"
+    )
     print(f"# ln C = {ln_c:.4f}")
     print("step  window-mean  ln C - mean")
     for step, m in means:
         print(f"{step:4d}  {m:11.4f}  {ln_c - m:+.4f}")
     flat = [ln_c - m for _, m in means]
-    print(f"largest |ln C - window mean|: {max(map(abs, flat)):.4f}; smallest window mean "
-          f"{min(m for _, m in means):.4f}")
+    print(
+        f"largest |ln C - window mean|: {max(map(abs, flat)):.4f}; smallest window mean {min(m for _, m in means):.4f}"
+    )
     for margin in MARGINS:
         print(f"first window below ln C - {margin}: step {first_below(means, ln_c - margin)}")
     if args.json:

@@ -45,10 +45,14 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"torch {torch.__version__}, {name}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}")
-    print(f"{'shape':<14}{'layout':<15}{'torch ms':>10}{'ours ms':>10}{'ratio':>8}{'max |dy|':>11}{'max |dx|':>11}"
-          f"{'torch err':>11}{'ours err':>11}")
+    print(
+        f"torch {torch.__version__}, {name}, "
+        f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}"
+    )
+    print(
+        f"{'shape':<14}{'layout':<15}{'torch ms':>10}{'ours ms':>10}{'ratio':>8}{'max |dy|':>11}{'max |dx|':>11}"
+        f"{'torch err':>11}{'ours err':>11}"
+    )
     for name, (c, h, w) in SHAPES.items():
         for fmt in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
@@ -71,9 +75,11 @@ def main() -> None:
                 exact = ours(x.double())  # the paper's formula in float64
             t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
             layout = "channels_last" if fmt == torch.channels_last else "NCHW"
-            print(f"{name:<14}{layout:<15}{t_ref * 1e3:>10.1f}{t_ours * 1e3:>10.1f}{t_ref / t_ours:>7.2f}x"
-                  f"{(y1 - y2).abs().max().item():>11.1e}{(g1 - g2).abs().max().item():>11.1e}"
-                  f"{(y2 - exact).abs().max().item():>11.1e}{(y1 - exact).abs().max().item():>11.1e}")
+            print(
+                f"{name:<14}{layout:<15}{t_ref * 1e3:>10.1f}{t_ours * 1e3:>10.1f}{t_ref / t_ours:>7.2f}x"
+                f"{(y1 - y2).abs().max().item():>11.1e}{(g1 - g2).abs().max().item():>11.1e}"
+                f"{(y2 - exact).abs().max().item():>11.1e}{(y1 - exact).abs().max().item():>11.1e}"
+            )
 
 
 if __name__ == "__main__":

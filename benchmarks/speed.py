@@ -38,11 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.config import TrainConfig
-from alexnet.engine import autocast
 from alexnet.model import build_model
-from alexnet.plan import PRECISION_NAMES
-from alexnet.runtime import tune_allocator
 from alexnet.optim import make_optimizer
+from alexnet.plan import PRECISION_NAMES
+from alexnet.runtime import autocast, tune_allocator
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict:
@@ -93,7 +92,12 @@ def bench_train(args, device, sync) -> None:
     auto = auto_precision(build_model("paper"), 3, 227, b, device)
     print(f"--amp auto, paper model, batch {b}: {auto.describe()}")
     candidates[f"alexnet paper, --amp auto ({PRECISION_NAMES[auto.amp]}) channels_last"] = (
-        build_model("paper"), 227, auto.amp, True, False)
+        build_model("paper"),
+        227,
+        auto.amp,
+        True,
+        False,
+    )
     steps = {}
     for name, (model, size, amp, cl, compiled) in candidates.items():
         fmt = torch.channels_last if cl else torch.contiguous_format
@@ -113,6 +117,7 @@ def bench_train(args, device, sync) -> None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
         steps[name] = step
     t = median_times(steps, args.repeats, sync=sync)
     base = t["torchvision alexnet, eager fp32"]
@@ -129,8 +134,13 @@ def auto_precision(model, channels: int, size: int, batch: int, device):
     model = model.to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, model.config.num_classes, (batch,), device=device)
-    measure = training_step_timer(model, lambda m: make_optimizer(m, TrainConfig()),
-                                  lambda r, o, s, xx, yy, amp: train_step(r, o, s, xx, yy, amp), (x, y), device)
+    measure = training_step_timer(
+        model,
+        lambda m: make_optimizer(m, TrainConfig()),
+        lambda r, o, s, xx, yy, amp: train_step(r, o, s, xx, yy, amp),
+        (x, y),
+        device,
+    )
     return choose_precision("auto", device, measure)
 
 
@@ -138,7 +148,7 @@ def matmul_peak(device, sync, n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of an n x n fp32 matrix product: the machine's practical fp32 peak."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     t = median_times({"mm": lambda: a @ b}, repeats, sync=sync)["mm"]
-    return 2 * n ** 3 / t / 1e9
+    return 2 * n**3 / t / 1e9
 
 
 def bench_small(args, device, sync) -> None:
@@ -161,17 +171,22 @@ def bench_small(args, device, sync) -> None:
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         x = torch.randn(b, 1, m.input_size, m.input_size, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (b,), device=device)
-        steps[amp] = (lambda model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp:
-                      train_step(model, opt, scaler, x, y, amp, cfg.train.label_smoothing))
+        steps[amp] = lambda model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp: train_step(
+            model, opt, scaler, x, y, amp, cfg.train.label_smoothing
+        )
     t = median_times(steps, args.repeats * 4, sync=sync)
     peak = matmul_peak(device, sync)
-    print(f"\nsmall model training step, batch {b}, {device}: {flops / 1e6:.0f} MFLOP per image; "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s (2048 x 2048)")
+    print(
+        f"\nsmall model training step, batch {b}, {device}: {flops / 1e6:.0f} MFLOP per image; "
+        f"fp32 matmul peak {peak:.0f} GFLOP/s (2048 x 2048)"
+    )
     print(f"{'':<28}{'images/s':>10}{'ratio':>8}{'GFLOP/s':>10}{'of peak':>9}")
     for name, amp in (("fp32", "off"), ("bf16", "bf16"), (f"auto ({PRECISION_NAMES[auto.amp]})", auto.amp)):
         rate = b / t[amp]
-        print(f"{name:<28}{rate:>10.0f}{t['off'] / t[amp]:>7.2f}x{rate * flops / 1e9:>10.1f}"
-              f"{rate * flops / 1e9 / peak:>8.0%}")
+        print(
+            f"{name:<28}{rate:>10.0f}{t['off'] / t[amp]:>7.2f}x{rate * flops / 1e9:>10.1f}"
+            f"{rate * flops / 1e9 / peak:>8.0%}"
+        )
 
 
 IMAGENET_TRAIN = 1_281_167  # ILSVRC-2012 training images
@@ -179,17 +194,21 @@ IMAGENET_TRAIN = 1_281_167  # ILSVRC-2012 training images
 
 def project(rows) -> None:
     """Hours for 90 epochs over ImageNet at each measured rate (§5's schedule length)."""
-    print("  projected 90 ImageNet epochs: " + "; ".join(
-        f"{name}: {90 * IMAGENET_TRAIN / rate / 3600:.1f} h" for name, rate, _ in rows))
+    print(
+        "  projected 90 ImageNet epochs: "
+        + "; ".join(f"{name}: {90 * IMAGENET_TRAIN / rate / 3600:.1f} h" for name, rate, _ in rows)
+    )
 
 
 def bench_infer(args, device, sync) -> None:
     import torchvision
 
     out = {}
-    models = {"torchvision alexnet, eager fp32": (torchvision.models.alexnet().eval(), 224, "off", False),
-              "alexnet paper, fp32 channels_last": (build_model("paper").eval(), 227, "off", True),
-              "alexnet paper, bf16 channels_last": (build_model("paper").eval(), 227, "bf16", True)}
+    models = {
+        "torchvision alexnet, eager fp32": (torchvision.models.alexnet().eval(), 224, "off", False),
+        "alexnet paper, fp32 channels_last": (build_model("paper").eval(), 227, "off", True),
+        "alexnet paper, bf16 channels_last": (build_model("paper").eval(), 227, "bf16", True),
+    }
     if args.compile:
         models["alexnet paper, bf16 channels_last, compiled"] = (build_model("paper").eval(), 227, "bf16", True)
     for batch in (32, 1):
@@ -204,6 +223,7 @@ def bench_infer(args, device, sync) -> None:
             def run(net=net, x=x, amp=amp):
                 with autocast(device, amp):
                     net(x)
+
             fns[name] = run
         if device.type == "cpu":
             fns["alexnet paper, ONNX Runtime fp32"] = _onnx_runner(batch)
@@ -220,8 +240,16 @@ def _onnx_runner(batch: int):
     model = build_model("paper").eval()
     path = Path(tempfile.mkdtemp()) / "paper.onnx"
     x = torch.randn(batch, 3, 227, 227)
-    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: session.run(None, feed)
@@ -259,9 +287,14 @@ def bench_pipeline(args, device, sync) -> None:
 
     root = Path(tempfile.mkdtemp())
     data = _jpegs(root / "jpegs", args.images, args.sides)
-    usual = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                transforms.ToTensor(),
-                                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    usual = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(224),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     tv = datasets.ImageFolder(str(data / "train"), transform=usual)
     cfg = DataConfig(name=str(data), workers=0)
     ours = load_split(True, cfg, 32, ordered=True)
@@ -279,17 +312,28 @@ def bench_pipeline(args, device, sync) -> None:
             for x, _ in split.loader:
                 if augment:
                     prep(x.to(device), train=True)
+
         return go
-    t = median_times({"torchvision ImageFolder + usual transforms": torchvision_usual,
-                      "alexnet folder: uint8 256 (a worker's part)": run(ours, False),
-                      "alexnet folder + crops/mirrors/lighting here": run(ours, True),
-                      "alexnet packed store: read (a worker's part)": run(packed, False),
-                      "alexnet packed store + crops/mirrors/lighting here": run(packed, True)},
-                     args.repeats, warmup=1, sync=sync)
+
+    t = median_times(
+        {
+            "torchvision ImageFolder + usual transforms": torchvision_usual,
+            "alexnet folder: uint8 256 (a worker's part)": run(ours, False),
+            "alexnet folder + crops/mirrors/lighting here": run(ours, True),
+            "alexnet packed store: read (a worker's part)": run(packed, False),
+            "alexnet packed store + crops/mirrors/lighting here": run(packed, True),
+        },
+        args.repeats,
+        warmup=1,
+        sync=sync,
+    )
     base = t["torchvision ImageFolder + usual transforms"]
     lo, hi = args.sides
-    table(f"input pipeline, {n} JPEGs of {max(lo, min(400, hi))}..{hi} x {lo}..{hi}, one process, {device}",
-          [(k, n / v, base / v) for k, v in t.items()], "images/s")
+    table(
+        f"input pipeline, {n} JPEGs of {max(lo, min(400, hi))}..{hi} x {lo}..{hi}, one process, {device}",
+        [(k, n / v, base / v) for k, v in t.items()],
+        "images/s",
+    )
 
 
 def bench_packed(args, device, sync) -> None:
@@ -316,6 +360,7 @@ def bench_packed(args, device, sync) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
     t = median_times({"packed store -> bf16 paper step": epoch}, args.repeats, warmup=1, sync=sync)
     n = len(split.loader) * args.batch
     rows = [(k, n / v, 1.0) for k, v in t.items()]
@@ -342,8 +387,11 @@ def bench_decode(args, device, sync) -> None:
         fns["torchvision.io.decode_jpeg, batched on cuda"] = lambda: decode_jpeg(blobs, device=device)
     t = median_times(fns, args.repeats, warmup=1, sync=sync)
     base = t["PIL, one CPU core"]
-    table(f"JPEG decoding, {len(files)} images of 400x350..500x500", [(k, len(files) / v, base / v)
-                                                                     for k, v in t.items()], "images/s")
+    table(
+        f"JPEG decoding, {len(files)} images of 400x350..500x500",
+        [(k, len(files) / v, base / v) for k, v in t.items()],
+        "images/s",
+    )
 
 
 def main() -> None:
@@ -354,8 +402,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also torch.compile (slow to start on CPU)")
     p.add_argument("--images", type=int, default=200, help="JPEGs for the pipeline measure")
-    p.add_argument("--sides", type=int, nargs=2, default=(350, 500), metavar=("MIN", "MAX"),
-                   help="JPEG side lengths for the pipeline measure (ImageNet-like: 350 500)")
+    p.add_argument(
+        "--sides",
+        type=int,
+        nargs=2,
+        default=(350, 500),
+        metavar=("MIN", "MAX"),
+        help="JPEG side lengths for the pipeline measure (ImageNet-like: 350 500)",
+    )
     p.add_argument("--inner", type=int, default=None, help="steps per timed call (default 1 on CPU, 10 on GPU)")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -367,8 +421,14 @@ def main() -> None:
     print(f"$ python benchmarks/speed.py {' '.join(sys.argv[1:])}")
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, median of {args.repeats}")
     for what in args.what:
-        {"train": bench_train, "small": bench_small, "infer": bench_infer, "pipeline": bench_pipeline,
-         "packed": bench_packed, "decode": bench_decode}[what](args, device, sync)
+        {
+            "train": bench_train,
+            "small": bench_small,
+            "infer": bench_infer,
+            "pipeline": bench_pipeline,
+            "packed": bench_packed,
+            "decode": bench_decode,
+        }[what](args, device, sync)
 
 
 if __name__ == "__main__":

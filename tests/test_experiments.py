@@ -16,7 +16,7 @@ FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top
 
 def fake_train(curves):
     """A stand-in for train(): writes the metrics.csv an arm would, from known curves."""
-    def train(cfg, limit_train=None, limit_val=None):
+    def train(cfg):
         m = cfg.model
         arm = {"relu": "a", "tanh": "b"}.get(m.activation, "a")
         if not m.lrn or m.pooling == "nonoverlap" or m.dropout == 0 or not m.groups:
@@ -76,9 +76,9 @@ def test_quick_experiment_through_the_cli(fashion_dir, tmp_path, capsys):
 def _counting(curves, calls):
     fake = fake_train(curves)
 
-    def train(cfg, limit_train=None, limit_val=None):
-        calls.append((cfg, limit_train, limit_val))
-        fake(cfg, limit_train, limit_val)
+    def train(cfg):
+        calls.append((cfg, cfg.data.limit_train, cfg.data.limit_val))
+        fake(cfg)
     return train
 
 

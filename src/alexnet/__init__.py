@@ -4,6 +4,14 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .lrn import LocalResponseNorm
 from .model import AlexNet, build_model, count_parameters
 
-__all__ = ["AlexNet", "build_model", "count_parameters", "LocalResponseNorm", "ModelConfig",
-           "DataConfig", "TrainConfig", "RunConfig"]
+__all__ = [
+    "AlexNet",
+    "build_model",
+    "count_parameters",
+    "LocalResponseNorm",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+]
 __version__ = "0.1.0"

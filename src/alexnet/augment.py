@@ -29,9 +29,10 @@ from .config import DataConfig
 
 class Crops(NamedTuple):
     """Per image: the top-left corner of a size x size crop and whether it is mirrored."""
-    top: torch.Tensor    # (N,) int64
-    left: torch.Tensor   # (N,) int64
-    flip: torch.Tensor   # (N,) bool
+
+    top: torch.Tensor  # (N,) int64
+    left: torch.Tensor  # (N,) int64
+    flip: torch.Tensor  # (N,) bool
     size: int
 
 
@@ -68,7 +69,7 @@ def _cut_by_slices(x: torch.Tensor, crops: Crops) -> torch.Tensor:
     nhwc, size = x.permute(0, 2, 3, 1), crops.size
     out = x.new_empty(crops.top.shape[0], size, size, x.shape[1])
     for i, (t, left, f) in enumerate(zip(crops.top.tolist(), crops.left.tolist(), crops.flip.tolist())):
-        patch = nhwc[i if x.shape[0] > 1 else 0, t:t + size, left:left + size]
+        patch = nhwc[i if x.shape[0] > 1 else 0, t : t + size, left : left + size]
         out[i].copy_(patch.flip(1) if f else patch)
     return out.permute(0, 3, 1, 2)
 
@@ -115,8 +116,14 @@ class Preprocess:
 
     PIXEL = 255.0  # the PCA eigenvalues are for RGB in [0, 1]; pixels here are 0..255
 
-    def __init__(self, data: DataConfig, input_size: int, device: torch.device,
-                 channels_last: bool = True, mean_image: torch.Tensor | None = None):
+    def __init__(
+        self,
+        data: DataConfig,
+        input_size: int,
+        device: torch.device,
+        channels_last: bool = True,
+        mean_image: torch.Tensor | None = None,
+    ):
         c = data.channels
         if mean_image is not None:  # (1, C, H, W): per pixel (§2)
             self.mean = mean_image.to(device, torch.float32).view(1, c, *mean_image.shape[-2:])

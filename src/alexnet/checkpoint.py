@@ -13,9 +13,7 @@ rebuilds the model.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,33 +23,11 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .config import ModelConfig, RunConfig
 from .errors import UserError
-from .jsonio import to_json
+from .jsonio import atomic_write, to_json
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -61,15 +37,24 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 MEAN_IMAGE_KEY = "data.mean_image"  # the training set's mean image, beside the weights
 
 
-def save_weights(path: str | Path, model: AlexNet, run_config: RunConfig, classes: list[str],
-                 mean_image: torch.Tensor | None = None, class_names: list[str] | None = None) -> None:
+def save_weights(
+    path: str | Path,
+    model: AlexNet,
+    run_config: RunConfig,
+    classes: list[str],
+    mean_image: torch.Tensor | None = None,
+    class_names: list[str] | None = None,
+) -> None:
     """The model's weights as safetensors; config and class names go in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if mean_image is not None:
         tensors[MEAN_IMAGE_KEY] = mean_image.contiguous().cpu()
-    metadata = {"format": FORMAT, "config": to_json(run_config.to_dict(), indent=None),
-                "classes": to_json(classes, indent=None),
-                "class_names": to_json(class_names or classes, indent=None)}
+    metadata = {
+        "format": FORMAT,
+        "config": to_json(run_config.to_dict(), indent=None),
+        "classes": to_json(classes, indent=None),
+        "class_names": to_json(class_names or classes, indent=None),
+    }
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -94,24 +79,27 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         # torch's message opens with a paragraph about weights_only; the line that says
         # what was found comes after it
         lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-        detail = next((s for s in lines[1:] if not s.startswith(("Please file", "Check the doc"))
-                       and not s.endswith("error:")), "unsafe content")
+        detail = next(
+            (s for s in lines[1:] if not s.startswith(("Please file", "Check the doc")) and not s.endswith("error:")),
+            "unsafe content",
+        )
         if "GLOBAL" in detail or "reduce" in detail.lower():
-            raise UserError(f"{path}: refused to load (it holds more than tensors and plain "
-                            f"values: {detail})") from e
-        raise UserError(f"{path}: not a readable checkpoint (corrupt, or not written by "
-                        f"torch.save: {detail})") from e
+            raise UserError(f"{path}: refused to load (it holds more than tensors and plain values: {detail})") from e
+        raise UserError(f"{path}: not a readable checkpoint (corrupt, or not written by torch.save: {detail})") from e
     except Exception as e:  # noqa: BLE001 - garbage bytes fail deep in the unpickler, any type
         first = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else ""
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt? "
-                        f"{type(e).__name__}{': ' + first if first else ''})") from e
+        raise UserError(
+            f"{path}: not a readable checkpoint (truncated or corrupt? "
+            f"{type(e).__name__}{': ' + first if first else ''})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            raise UserError(f"{path}: a bare state dict, not an alexnet checkpoint (no config and "
-                            f"class names); torchvision AlexNet weights become one with "
-                            f"`alexnet import-torchvision {path} OUT.pt`")
-        raise UserError(f"{path}: not an alexnet checkpoint (no config and class names; "
-                        "a bare state dict?)")
+            raise UserError(
+                f"{path}: a bare state dict, not an alexnet checkpoint (no config and "
+                f"class names); torchvision AlexNet weights become one with "
+                f"`alexnet import-torchvision {path} OUT.pt`"
+            )
+        raise UserError(f"{path}: not an alexnet checkpoint (no config and class names; a bare state dict?)")
     return _check_contents(path, ckpt)
 
 
@@ -129,21 +117,25 @@ def _check_contents(path: Path, ckpt: dict) -> dict:
         problems.append("no weights")
     for key in ("classes", "class_names"):
         names = ckpt.get(key) or ckpt.get("classes")  # as load_inference reads them
-        if (not isinstance(names, (list, tuple)) or len(names) != m.num_classes
-                or not all(isinstance(n, str) for n in names)):
+        if (
+            not isinstance(names, (list, tuple))
+            or len(names) != m.num_classes
+            or not all(isinstance(n, str) for n in names)
+        ):
             count = len(names) if isinstance(names, (list, tuple)) else "no"
             problems.append(f"{count} {key} for a model with {m.num_classes} outputs")
     if not isinstance(data.resize, int) or not 1 <= data.resize <= 16 * m.input_size:
         # the stored size is the crop's plus a margin (256 for 227); far more is a broken config
-        problems.append(f"data.resize {data.resize!r} is not a size from 1 to 16 x the "
-                        f"input size {m.input_size}")
+        problems.append(f"data.resize {data.resize!r} is not a size from 1 to 16 x the input size {m.input_size}")
     if data.channels != m.in_channels:
         problems.append(f"{data.channels} channel means for a {m.in_channels}-channel model")
     mean_image = ckpt.get("mean_image")
-    if mean_image is not None and (not isinstance(mean_image, torch.Tensor) or mean_image.dim() != 3
-                                   or mean_image.shape[0] != m.in_channels):
-        problems.append(f"a mean image of shape {tuple(getattr(mean_image, 'shape', ()))} for a "
-                        f"{m.in_channels}-channel model")
+    if mean_image is not None and (
+        not isinstance(mean_image, torch.Tensor) or mean_image.dim() != 3 or mean_image.shape[0] != m.in_channels
+    ):
+        problems.append(
+            f"a mean image of shape {tuple(getattr(mean_image, 'shape', ()))} for a {m.in_channels}-channel model"
+        )
     if problems:
         raise UserError(f"{path}: inconsistent checkpoint: {'; '.join(problems)}")
     return ckpt
@@ -156,11 +148,14 @@ def _load_safetensors(path: Path) -> dict:
         state = load_file(str(path))
         if meta.get("format") != FORMAT:
             raise UserError(f"{path}: safetensors file without alexnet metadata (config, classes)")
-        return {"format": FORMAT, "config": json.loads(meta["config"]),
-                "classes": json.loads(meta["classes"]),
-                "class_names": json.loads(meta.get("class_names", meta["classes"])),
-                "mean_image": state.pop(MEAN_IMAGE_KEY, None),
-                "model": state}
+        return {
+            "format": FORMAT,
+            "config": json.loads(meta["config"]),
+            "classes": json.loads(meta["classes"]),
+            "class_names": json.loads(meta.get("class_names", meta["classes"])),
+            "mean_image": state.pop(MEAN_IMAGE_KEY, None),
+            "model": state,
+        }
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({e})") from e
 
@@ -174,8 +169,9 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AlexNe
         lines = [s.strip() for s in str(e).strip().splitlines() if s.strip()] or [type(e).__name__]
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # load_state_dict's
         raise UserError(f"{path}: weights do not fit the model it describes ({first})") from e
-    bad = next((k for k, v in model.state_dict().items()
-                if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    bad = next(
+        (k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+    )
     if bad is not None:  # e.g. saved after training diverged: every prediction would be NaN
         raise UserError(f"{path}: weights hold NaN or infinite values (first in {bad})")
     return model
@@ -184,11 +180,12 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AlexNe
 @dataclass
 class Inference:
     """What evaluation and prediction need from a checkpoint."""
-    model: AlexNet                    # in eval mode, on the device
+
+    model: AlexNet  # in eval mode, on the device
     config: RunConfig
-    classes: list[str]                # as the data names them (folder names, wnids)
-    class_names: list[str]            # for people (ImageNet: "tench" for n01440764)
-    mean_image: torch.Tensor | None   # the training set's, if the model was trained with one
+    classes: list[str]  # as the data names them (folder names, wnids)
+    class_names: list[str]  # for people (ImageNet: "tench" for n01440764)
+    mean_image: torch.Tensor | None  # the training set's, if the model was trained with one
 
 
 def load_inference(path: str | Path, device: torch.device) -> Inference:
@@ -198,11 +195,12 @@ def load_inference(path: str | Path, device: torch.device) -> Inference:
     config = RunConfig.from_dict(ckpt["config"])
     mean_image, size = ckpt.get("mean_image"), config.data.resize
     if mean_image is not None and mean_image.shape[1:] != (size, size):  # subtracted from each image
-        raise UserError(f"{path}: inconsistent checkpoint: a mean image of "
-                        f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
-                        f"{size}x{size}")
-    return Inference(model, config, classes,
-                     list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
+        raise UserError(
+            f"{path}: inconsistent checkpoint: a mean image of "
+            f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
+            f"{size}x{size}"
+        )
+    return Inference(model, config, classes, list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:

@@ -38,6 +38,7 @@ class _Help(argparse.HelpFormatter):
 
 # ----------------------------------------------------------------------------- options from the config
 
+
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -64,14 +65,22 @@ def recipe_defaults() -> dict[str, str]:
                 if f.name == "lr" and RECIPES[name].lr_batch:
                     shown += f" x sqrt(batch / {RECIPES[name].lr_batch})"
                 by_value.setdefault(shown, []).append(name)
-            texts[f"{section}.{f.name}"] = (next(iter(by_value)) if len(by_value) == 1 else
-                                            "; ".join(f"{', '.join(names)}: {v}" for v, names in by_value.items()))
+            texts[f"{section}.{f.name}"] = (
+                next(iter(by_value))
+                if len(by_value) == 1
+                else "; ".join(f"{', '.join(names)}: {v}" for v, names in by_value.items())
+            )
     texts["data.name"] = DataConfig.name  # the recipes are compared on their own data
     return texts
 
 
-def add_config_options(group, section: str, defaults: dict[str, str] | None = None,
-                       fields: list[str] | None = None, only_group: str | None = None) -> None:
+def add_config_options(
+    group,
+    section: str,
+    defaults: dict[str, str] | None = None,
+    fields: list[str] | None = None,
+    only_group: str | None = None,
+) -> None:
     """One option per command-line field of SECTIONS[section] (or of `fields`), dest
     "section.field", default None (not given: the recipe's); defaults: help text per field."""
     for f in dataclasses.fields(SECTIONS[section]):
@@ -97,7 +106,7 @@ def add_config_options(group, section: str, defaults: dict[str, str] | None = No
 def config_options(args, section: str) -> dict:
     """The options of `section` the user gave: {field: value}."""
     prefix = section + "."
-    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
 def _config_error(e: ValueError) -> UserError:
@@ -130,24 +139,33 @@ def _size(r: dict) -> str:
 
 # ----------------------------------------------------------------------------- commands
 
+
 def cmd_train(args) -> None:
     from .train import train
 
     data = config_options(args, "data")
     data_name = data.pop("name", "fashion-mnist")
     try:
-        cfg = resolve(data_name, config_options(args, "model"), {**data, **_read_pca(args.pca)},
-                      config_options(args, "train"), recipe=args.recipe)
+        cfg = resolve(
+            data_name,
+            config_options(args, "model"),
+            {**data, **_read_pca(args.pca)},
+            config_options(args, "train"),
+            recipe=args.recipe,
+        )
     except ValueError as e:
         raise _config_error(e) from e
     result = train(cfg)
     val = result["val"]
     if val and os.environ.get("RANK", "0") == "0":
-        took = format_seconds(result["seconds"]) + (f" of a {format_seconds(result['budget'])} budget"
-                                                    if result["budget"] else "")
-        print(f"{result['status']}: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), "
-              f"top-5 {val['top5']:.4f} on {val['images']:,} images; trained in {took}; "
-              f"checkpoint {result['checkpoint']}")
+        took = format_seconds(result["seconds"]) + (
+            f" of a {format_seconds(result['budget'])} budget" if result["budget"] else ""
+        )
+        print(
+            f"{result['status']}: validation top-1 {val['top1']:.4f} (error {val['top1_error']:.4f}), "
+            f"top-5 {val['top5']:.4f} on {val['images']:,} images; trained in {took}; "
+            f"checkpoint {result['checkpoint']}"
+        )
         for event in result["warnings"]:  # the advice again, where the user looks last
             print(f"  warning: {event.message}")
 
@@ -155,15 +173,28 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.batch_size,
-                            args.device, args.amp, args.limit, args.ten_crop, args.mirror)
+    r = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.data_dir,
+        args.batch_size,
+        args.device,
+        args.amp,
+        args.limit,
+        args.ten_crop,
+        args.mirror,
+    )
     if r is None:  # not the main torchrun process
         return
-    _print_json_or(args, r, f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
-                   f"{EVAL_VIEWS[r['patches']]}, "
-                   f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
-                   f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})"
-                   + (f"; {r['unreadable']} unreadable images skipped" if r["unreadable"] else ""))
+    _print_json_or(
+        args,
+        r,
+        f"{r['checkpoint']} on {r['data']} ({r['images']:,} images, "
+        f"{EVAL_VIEWS[r['patches']]}, "
+        f"{r['precision'] if r['precision'] != 'off' else 'fp32'}): top-1 {r['top1']:.4f} "
+        f"(error {r['top1_error']:.4f}), top-5 {r['top5']:.4f} (error {r['top5_error']:.4f})"
+        + (f"; {r['unreadable']} unreadable images skipped" if r["unreadable"] else ""),
+    )
 
 
 def cmd_predict(args) -> None:
@@ -173,8 +204,10 @@ def cmd_predict(args) -> None:
     lines = []
     for r in results:
         lines.append(r["image"])
-        lines += [f"  {p['probability']:7.2%}  {p['name']}"
-                  + (f" ({p['class']})" if p["name"] != p["class"] else "") for p in r["predictions"]]
+        lines += [
+            f"  {p['probability']:7.2%}  {p['name']}" + (f" ({p['class']})" if p["name"] != p["class"] else "")
+            for p in r["predictions"]
+        ]
     _print_json_or(args, results, "\n".join(lines))
 
 
@@ -236,8 +269,10 @@ def cmd_export(args) -> None:
     from .interop import export_onnx
 
     r = export_onnx(args.checkpoint, args.onnx, args.batch_size)
-    print(f"{r['onnx']}: input {' x '.join(str(d) for d in r['input'])} (preprocessed float), "
-          f"logits for {r['classes']} classes")
+    print(
+        f"{r['onnx']}: input {' x '.join(str(d) for d in r['input'])} (preprocessed float), "
+        f"logits for {r['classes']} classes"
+    )
 
 
 def cmd_experiment(args) -> None:
@@ -251,8 +286,10 @@ def cmd_experiment(args) -> None:
         reused += len(r["reused"])
         print(table(r))
     if len(names) > 1:
-        print(f"alexnet experiment all: {len(trained)} runs trained, {reused} reused "
-              f"(the same configuration as a run of an earlier experiment)")
+        print(
+            f"alexnet experiment all: {len(trained)} runs trained, {reused} reused "
+            f"(the same configuration as a run of an earlier experiment)"
+        )
 
 
 def cmd_filters(args) -> None:
@@ -260,17 +297,29 @@ def cmd_filters(args) -> None:
 
     r = filters_command(args.checkpoint, args.out)
     grids = ", ".join(f"{g['title']}: {g['tiles']}" for g in r["grids"])
-    _print_json_or(args, r, f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), "
-                   f"{_size(r)}")
+    _print_json_or(args, r, f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), {_size(r)}")
 
 
 def cmd_neighbors(args) -> None:
     from .figures import neighbors_command
 
-    r = neighbors_command(args.checkpoint, args.data, args.data_dir, args.queries, args.k, args.out,
-                          args.limit_train, args.batch_size, args.seed, args.query_split, args.device)
-    lines = [f"{r['out']}: {len(r['queries'])} queries x {r['k']} nearest in fc7 among "
-             f"{r['train_images']:,} training images, {_size(r)}"]
+    r = neighbors_command(
+        args.checkpoint,
+        args.data,
+        args.data_dir,
+        args.queries,
+        args.k,
+        args.out,
+        args.limit_train,
+        args.batch_size,
+        args.seed,
+        args.query_split,
+        args.device,
+    )
+    lines = [
+        f"{r['out']}: {len(r['queries'])} queries x {r['k']} nearest in fc7 among "
+        f"{r['train_images']:,} training images, {_size(r)}"
+    ]
     for q in r["queries"]:
         lines.append(f"{q['split']} #{q['index']} ({q['label']}):")
         lines += [f"  train #{n['index']:<8} {n['distance']:10.4f}  {n['label']}" for n in q["neighbors"]]
@@ -286,20 +335,27 @@ def cmd_plot(args) -> None:
 
 # ----------------------------------------------------------------------------- the parser
 
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model", formatter_class=_Help,
-                       description="Train AlexNet. Every option defaults to the recipe's value: "
-                       "--recipe fashion-mnist for --data fashion-mnist, folder for an image folder.")
-    p.add_argument("--recipe", choices=list(RECIPES),
-                   help="paper: the 2012 recipe to the letter; folder (default for image folders): "
-                   "paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist (default for "
-                   "fashion-mnist): the 5-minute recipe; README lists every departure")
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        formatter_class=_Help,
+        description="Train AlexNet. Every option defaults to the recipe's value: "
+        "--recipe fashion-mnist for --data fashion-mnist, folder for an image folder.",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="paper: the 2012 recipe to the letter; folder (default for image folders): "
+        "paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist (default for "
+        "fashion-mnist): the 5-minute recipe; README lists every departure",
+    )
     defaults = recipe_defaults()
     add_config_options(p.add_argument_group("model"), "model", defaults)
     g = p.add_argument_group("data")
     add_config_options(g, "data", defaults)
-    g.add_argument("--pca", metavar="FILE", help="§4.1 eigenvalues/vectors from `alexnet pca` "
-                   "(default: ImageNet's)")
+    g.add_argument("--pca", metavar="FILE", help="§4.1 eigenvalues/vectors from `alexnet pca` (default: ImageNet's)")
     add_config_options(p.add_argument_group("optimisation"), "train", defaults, only_group="optimisation")
     add_config_options(p.add_argument_group("run"), "train", defaults, only_group="run")
     p.set_defaults(func=cmd_train)
@@ -310,16 +366,24 @@ def _add_inference(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", help="default: what the checkpoint was trained on")
     p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=256, help="the global batch, split over torchrun's "
-                   "processes (as in train)")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="the global batch, split over torchrun's processes (as in train)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=[m for m in AMP_MODES if m != "auto"], help="default: the checkpoint's")
     p.add_argument("--limit", type=int, help="evaluate only this many images")
-    p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over the "
-                   "4 corner and centre patches and their mirrors (default: centre only)")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                   help="average the softmax of each image and its mirror (default: as the run "
-                   "validated; the fashion-mnist recipe does)")
+    p.add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="§4.1: average the softmax over the 4 corner and centre patches and their mirrors (default: centre only)",
+    )
+    p.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the softmax of each image and its mirror (default: as the run "
+        "validated; the fashion-mnist recipe does)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -331,10 +395,12 @@ def _add_inference(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs of a model",
-                       formatter_class=_Help)
-    add_config_options(p.add_argument_group("model (defaults: the variant's)"), "model",
-                       fields=[f.name for f in dataclasses.fields(ModelConfig)])
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs of a model", formatter_class=_Help)
+    add_config_options(
+        p.add_argument_group("model (defaults: the variant's)"),
+        "model",
+        fields=[f.name for f in dataclasses.fields(ModelConfig)],
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
 
@@ -348,8 +414,7 @@ def _add_data(sub) -> None:
     p.add_argument("--out", help="write the JSON here too (for train --pca)")
     p.set_defaults(func=cmd_pca)
 
-    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store",
-                       formatter_class=_Help)
+    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store", formatter_class=_Help)
     p.add_argument("data", help="ImageNet-style folder (train/ and val/)")
     p.add_argument("out", help="the store to create (an empty or new folder)")
     p.add_argument("--resize", type=int, default=256, help="stored size (§2: 256)")
@@ -367,26 +432,28 @@ def _add_data(sub) -> None:
 
 def _add_interop(sub) -> None:
     p = sub.add_parser("import-torchvision", help="turn torchvision AlexNet weights into a checkpoint")
-    p.add_argument("weights", metavar="WEIGHTS", help="a torchvision AlexNet state dict, e.g. "
-                   "alexnet-owt-7be5be79.pth")
+    p.add_argument("weights", metavar="WEIGHTS", help="a torchvision AlexNet state dict, e.g. alexnet-owt-7be5be79.pth")
     p.add_argument("out", metavar="OUT", help="the alexnet checkpoint to write (.pt)")
-    p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: "
-                   "torchvision's ImageNet names for 1000 classes)")
+    p.add_argument(
+        "--classes",
+        metavar="FILE",
+        help="class names, one per line (default: torchvision's ImageNet names for 1000 classes)",
+    )
     p.set_defaults(func=cmd_import_torchvision)
 
     p = sub.add_parser("export", help="export a checkpoint's model to ONNX", formatter_class=_Help)
     p.add_argument("checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="batch of the example input (the batch axis stays dynamic)")
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="batch of the example input (the batch axis stays dynamic)"
+    )
     p.set_defaults(func=cmd_export)
 
 
 def _add_studies(sub) -> None:
     from .experiments import EXPERIMENTS, FULL, QUICK
 
-    p = sub.add_parser("experiment", help="the paper's ablations: " + ", ".join(EXPERIMENTS),
-                       formatter_class=_Help)
+    p = sub.add_parser("experiment", help="the paper's ablations: " + ", ".join(EXPERIMENTS), formatter_class=_Help)
     p.add_argument("name", choices=[*EXPERIMENTS, "all"])
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir")
@@ -401,18 +468,24 @@ def _add_studies(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_filters)
 
-    p = sub.add_parser("neighbors", help="training images nearest to test images in fc7 (Figure 4)",
-                       formatter_class=_Help)
+    p = sub.add_parser(
+        "neighbors", help="training images nearest to test images in fc7 (Figure 4)", formatter_class=_Help
+    )
     p.add_argument("checkpoint")
     p.add_argument("--data", help="default: what the checkpoint was trained on")
     p.add_argument("--data-dir", help="Fashion-MNIST's folder (default: the checkpoint's)")
     p.add_argument("--queries", type=int, default=5, help="number of query images")
     p.add_argument("--k", type=int, default=6, help="neighbours per query")
-    p.add_argument("--query-split", choices=["val", "train"], default="val",
-                   help="draw the queries from the validation/test split or the training split")
+    p.add_argument(
+        "--query-split",
+        choices=["val", "train"],
+        default="val",
+        help="draw the queries from the validation/test split or the training split",
+    )
     p.add_argument("--seed", type=int, default=0, help="chooses the query images")
-    p.add_argument("--limit-train", type=int, help="search only the first N training images "
-                   "(image folders: a fixed random subset)")
+    p.add_argument(
+        "--limit-train", type=int, help="search only the first N training images (image folders: a fixed random subset)"
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", metavar="PNG", help="default: neighbors.png beside the checkpoint")
@@ -426,8 +499,10 @@ def _add_studies(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al., 2012): "
-                                     "train, evaluate and predict; the paper's network by default.")
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="AlexNet (Krizhevsky et al., 2012): train, evaluate and predict; the paper's network by default.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_inference, _add_data, _add_interop, _add_studies):
         add(sub)

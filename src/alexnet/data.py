@@ -37,23 +37,30 @@ from .store import is_packed, packed_split
 
 FASHION_MNIST = "fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 FASHION_MNIST_HELP = (
     "Fashion-MNIST not found: install Debian's package (as root: apt-get install -y "
     "dataset-fashion-mnist), pass --data-dir DIR with the four *-ubyte(.gz) files, "
-    "or pass --download to let torchvision fetch it")
+    "or pass --download to let torchvision fetch it"
+)
 # Fashion-MNIST's training-set pixel mean and std in 0..255 units.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (72.94,), (90.02,)
 
 
 def cache_dir() -> Path:
     root = os.environ.get("ALEXNET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet"
+    )
     return Path(root)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
+
 
 def _find_fashion_mnist(data_dir: str | None) -> dict[str, Path]:
     """Path of each IDX file, plain or gzipped, in data_dir or Debian's folder."""
@@ -107,8 +114,15 @@ def fashion_mnist(train: bool, cfg: DataConfig) -> datasets.FashionMNIST:
         raise UserError(f"Fashion-MNIST: {e}") from e
 
 
-def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
-                        limit: int | None = None, ordered: bool = False, d: Dist = Dist()) -> Split:
+def fashion_mnist_split(
+    train: bool,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    limit: int | None = None,
+    ordered: bool = False,
+    d: Dist = Dist(),
+) -> Split:
     ds = fashion_mnist(train, cfg)
     images, labels = ds.data.unsqueeze(1), ds.targets
     if limit:
@@ -119,6 +133,7 @@ def fashion_mnist_split(train: bool, cfg: DataConfig, batch_size: int, seed: int
 
 
 # ----------------------------------------------------------------------------- image files
+
 
 def load_image(path: str | Path, channels: int, draft: int | None = None) -> Image.Image:
     """Open an image file as RGB (channels=3) or grayscale (channels=1), EXIF-upright.
@@ -165,8 +180,10 @@ def load_image(path: str | Path, channels: int, draft: int | None = None) -> Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
-        raise UserError(f"{path}: refused: {size}, more than the {Image.MAX_IMAGE_PIXELS:,} an "
-                        "image may have here (a decompression bomb?)") from e
+        raise UserError(
+            f"{path}: refused: {size}, more than the {Image.MAX_IMAGE_PIXELS:,} an "
+            "image may have here (a decompression bomb?)"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from e
     w, h = img.size
@@ -182,14 +199,20 @@ def stored_transform(resize: int) -> v2.Transform:
     return v2.Compose([v2.PILToTensor(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize)])
 
 
-def folder_split(train: bool, cfg: DataConfig, batch_size: int, seed: int,
-                 limit: int | None = None, ordered: bool = False, d: Dist = Dist(),
-                 strict: bool = False) -> Split:
+def folder_split(
+    train: bool,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    limit: int | None = None,
+    ordered: bool = False,
+    d: Dist = Dist(),
+    strict: bool = False,
+) -> Split:
     root = Path(cfg.name)
     split_dir = root / ("train" if train else "val")
     if not split_dir.is_dir():
-        raise UserError(f"{split_dir}: no such directory (expected {root}/train/<class>/* "
-                        f"and {root}/val/<class>/*)")
+        raise UserError(f"{split_dir}: no such directory (expected {root}/train/<class>/* and {root}/val/<class>/*)")
     # training images are only ever seen at `resize`; validation decodes every pixel, as
     # torchvision does, so that evaluation matches torchvision's preprocessing
     load = functools.partial(load_image, channels=cfg.channels, draft=cfg.resize if train else None)
@@ -219,9 +242,16 @@ def is_fashion_mnist(cfg: DataConfig) -> bool:
     return cfg.name == FASHION_MNIST
 
 
-def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
-               limit: int | None = None, ordered: bool = False, d: Dist = Dist(),
-               strict: bool = False) -> Split:
+def load_split(
+    train: bool,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int = 0,
+    limit: int | None = None,
+    ordered: bool = False,
+    d: Dist = Dist(),
+    strict: bool = False,
+) -> Split:
     """This process's share of the training (train=True) or validation/test split.
 
     batch_size is the global batch (split over the processes of `d`). The training split
@@ -234,7 +264,8 @@ def load_split(train: bool, cfg: DataConfig, batch_size: int, seed: int = 0,
         if limit:
             raise UserError(f"{cfg.name}: --limit is not supported for a packed store")
         return packed_split(
-            train, cfg, lambda n: ShardedBatches(n, batch_size, d, shuffle=train and not ordered, seed=seed))
+            train, cfg, lambda n: ShardedBatches(n, batch_size, d, shuffle=train and not ordered, seed=seed)
+        )
     return folder_split(train, cfg, batch_size, seed, limit, ordered, d, strict)
 
 

@@ -1,62 +1,28 @@
-"""One training epoch and one evaluation pass; the entry points decide what to run."""
+"""One training epoch (train_one_epoch) and one evaluation pass (evaluate_loader); the
+entry points (train.py, evaluate.py) decide what to run."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .distributed import Dist, all_sum, any_flag
-from .errors import Unhealthy, UserError
+from .errors import Unhealthy
 from .health import HealthMonitor
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # config.AMP_MODES but "auto"
-
-
-def mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps and mps.is_available())
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA if there is a GPU, else Apple's MPS if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N or mps)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not mps_available():
-        raise UserError(f"--device {name}: Apple MPS is not available on this machine")
-    return device
-
-
-def autocast(device: torch.device, amp: str):
-    """The one precision context of the project: autocast to bf16/fp16, or nothing (fp32)."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """A loss scaler, active only for fp16 (bf16 has fp32's exponent range)."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+from .runtime import autocast
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices
     hit = pred.eq(target[:, None])
-    return [int(hit[:, :min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -90,8 +56,10 @@ class _HealthWindows:
         if seen <= 0:
             return
         global_step = self.steps_before + step + 1
-        events = [self.health.window(global_step, (totals[0] - self.loss) / seen),
-                  self.health.gradients(global_step, self.model)]
+        events = [
+            self.health.window(global_step, (totals[0] - self.loss) / seen),
+            self.health.gradients(global_step, self.model),
+        ]
         self.loss, self.seen = totals[0], totals[2]
         for event in filter(None, events):
             if event.fatal:
@@ -99,8 +67,9 @@ class _HealthWindows:
             self.warn(f"alexnet: warning: {event.message}")
 
 
-def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, amp: str,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, amp: str, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a preprocessed batch; returns the loss and the logits (not synced)."""
     with autocast(images.device, amp):
         logits = model(images)
@@ -115,10 +84,11 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
 @dataclass
 class Stepper:
     """What a training step needs, built once per run."""
-    net: torch.nn.Module           # the model as trained: itself, or its DDP / compiled wrapper
+
+    net: torch.nn.Module  # the model as trained: itself, or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    preprocess: Callable           # augment.Preprocess: uint8 batch on the device -> input
+    preprocess: Callable  # augment.Preprocess: uint8 batch on the device -> input
     device: torch.device
     amp: str = "off"
     label_smoothing: float = 0.0
@@ -128,8 +98,7 @@ class Stepper:
         """One step on a uint8 batch; returns the loss, the logits and the labels on the device."""
         images = self.preprocess(images.to(self.device, non_blocking=True), train=True)
         labels = labels.to(self.device, non_blocking=True)
-        loss, logits = train_step(self.net, self.optimizer, self.scaler, images, labels, self.amp,
-                                  self.label_smoothing)
+        loss, logits = train_step(self.net, self.optimizer, self.scaler, images, labels, self.amp, self.label_smoothing)
         self.after_step()
         return loss, logits, labels
 
@@ -138,15 +107,17 @@ class Stepper:
 class Span:
     """Which batches of which epoch to train: from `first` (a mid-epoch resume) up to `last`
     (None: the end; earlier in the last epoch of a run of a given number of steps)."""
+
     epoch: int = 0
     first: int = 0
     last: int | None = None
-    seed: int = 0                  # with epoch, step and rank: every step's randomness
+    seed: int = 0  # with epoch, step and rank: every step's randomness
 
 
 @dataclass
 class Watch:
     """How an epoch reports and checks itself: progress bar, health checks, stop requests."""
+
     d: Dist = field(default_factory=Dist)
     health: HealthMonitor | None = None  # None: the NaN/inf checks only
     log_every: int = 20
@@ -171,8 +142,15 @@ def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = W
     step.net.train()
     start = time.perf_counter()
     last_step = len(loader) if span.last is None else min(span.last, len(loader))
-    bar = tqdm(loader, desc=watch.desc, leave=False, dynamic_ncols=True, mininterval=1.0,
-               disable=not watch.show, total=last_step - span.first)
+    bar = tqdm(
+        loader,
+        desc=watch.desc,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not watch.show,
+        total=last_step - span.first,
+    )
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device)
     seen, i, stopped = 0, span.first, False
@@ -188,9 +166,13 @@ def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = W
             # one host sync (and one small all-reduce under DDP) every log_every steps
             totals = _totals(loss_sum, correct_sum, seen, device, d)
             windows.check(i, totals)
-            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.4f}",
-                            lr=f"{step.optimizer.param_groups[0]['lr']:.3g}",
-                            img_s=f"{totals[2] / (time.perf_counter() - start):.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{totals[0] / totals[2]:.4f}",
+                acc=f"{totals[1] / totals[2]:.4f}",
+                lr=f"{step.optimizer.param_groups[0]['lr']:.3g}",
+                img_s=f"{totals[2] / (time.perf_counter() - start):.0f}",
+                refresh=False,
+            )
         if last:
             break
         if any_flag(watch.should_stop(), device, d):
@@ -201,14 +183,30 @@ def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = W
     windows.check(i, totals)
     elapsed = time.perf_counter() - start
     images = max(totals[2], 1.0)
-    return {"loss": totals[0] / images, "acc": totals[1] / images, "images": int(totals[2]),
-            "seconds": elapsed, "images_per_s": totals[2] / elapsed, "steps": i + 1,
-            "stopped": stopped}
+    return {
+        "loss": totals[0] / images,
+        "acc": totals[1] / images,
+        "images": int(totals[2]),
+        "seconds": elapsed,
+        "images_per_s": totals[2] / elapsed,
+        "steps": i + 1,
+        "stopped": stopped,
+    }
 
 
 @torch.no_grad()
-def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "eval",
-             ten_crop: bool = False, mirror: bool = False, d: Dist = Dist(), show: bool = True) -> dict:
+def evaluate_loader(
+    model,
+    loader,
+    preprocess,
+    device,
+    amp: str = "off",
+    desc: str = "eval",
+    ten_crop: bool = False,
+    mirror: bool = False,
+    d: Dist = Dist(),
+    show: bool = True,
+) -> dict:
     """Top-1 and top-5 accuracy and error, mean loss, and the number of images.
 
     ten_crop: §4.1's test, the softmax averaged over the four corner and centre patches
@@ -221,8 +219,7 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
-                               disable=not show):
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not show):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         views = preprocess.ten_crop(images) if ten_crop else preprocess.views(images, mirror)
@@ -240,7 +237,14 @@ def evaluate(model, loader, preprocess, device, amp: str = "off", desc: str = "e
     skipped = len(loader.unreadable)
     loss_sum, top1, top5, seen, skipped = all_sum([loss_sum, top1, top5, seen, skipped], device, d)
     n = max(seen, 1)
-    return {"images": int(seen), "loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n,
-            "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
-            "patches": 10 if ten_crop else 2 if mirror else 1, "unreadable": int(skipped),
-            "seconds": time.perf_counter() - start}
+    return {
+        "images": int(seen),
+        "loss": loss_sum / n,
+        "top1": top1 / n,
+        "top5": top5 / n,
+        "top1_error": 1 - top1 / n,
+        "top5_error": 1 - top5 / n,
+        "patches": 10 if ten_crop else 2 if mirror else 1,
+        "unreadable": int(skipped),
+        "seconds": time.perf_counter() - start,
+    }

@@ -20,8 +20,9 @@ class Stopped(Exception):
 
     def __init__(self, signum: int, checkpoint: Path):
         self.signum, self.checkpoint = signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint} "
-                         f"(continue with --resume {checkpoint})")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint} (continue with --resume {checkpoint})"
+        )
 
 
 class Unhealthy(RuntimeError):

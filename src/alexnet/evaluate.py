@@ -11,21 +11,28 @@ from . import distributed
 from .augment import Preprocess
 from .checkpoint import load_inference
 from .data import is_fashion_mnist, load_split
-from .imagenet import human_names
-from .engine import evaluate, resolve_device
+from .engine import evaluate_loader
 from .errors import UserError
+from .imagenet import human_names
+from .runtime import resolve_device
 
 
-def evaluate_checkpoint(path: str, data: str | None = None, data_dir: str | None = None,
-                        batch_size: int = 256, device: str = "auto", amp: str | None = None,
-                        limit: int | None = None, ten_crop: bool = False,
-                        mirror: bool | None = None) -> dict | None:
+def evaluate_checkpoint(
+    path: str,
+    data: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: str | None = None,
+    limit: int | None = None,
+    ten_crop: bool = False,
+    mirror: bool | None = None,
+) -> dict | None:
     """Metrics of a checkpoint; under torchrun each process evaluates its share of the
     images and the main process returns the totals (the others return None)."""
     d, device = distributed.init(device)
     try:
-        return _evaluate(path, data, data_dir, batch_size, resolve_device(device), amp, limit, ten_crop,
-                         mirror, d)
+        return _evaluate(path, data, data_dir, batch_size, resolve_device(device), amp, limit, ten_crop, mirror, d)
     finally:
         distributed.shutdown()
 
@@ -39,20 +46,18 @@ def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, mirro
     if data_dir is not None:
         data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
     split = load_split(False, data_cfg, batch_size, limit=limit, d=d)  # the global batch, as in train
-    names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name),
-                                                                 data_cfg.synsets)
+    names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name), data_cfg.synsets)
     if loaded.classes not in (split.classes, names):  # imported weights know names, not wnids
-        raise UserError(f"{data_cfg.name}: its classes are not the {len(loaded.classes)} classes "
-                        f"{path} was trained on")
+        raise UserError(f"{data_cfg.name}: its classes are not the {len(loaded.classes)} classes {path} was trained on")
     channels_last = cfg.train.channels_last
     model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
     amp = cfg.train.amp if amp is None else amp
     amp = "off" if amp == "auto" else amp  # a config never run: fp32
     mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
-    result = evaluate(model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop,
-                      d=d, show=d.main)
+    result = evaluate_loader(
+        model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop, d=d, show=d.main
+    )
     if not d.main:
         return None
-    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world,
-            **result}
+    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world, **result}

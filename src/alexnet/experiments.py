@@ -24,6 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .jsonio import write_json
 from .presets import resolve
 from .rundir import read_metrics
@@ -36,31 +37,36 @@ RELU_THRESHOLD = 0.15
 
 @dataclass(frozen=True)
 class Experiment:
-    claim: str              # the paper's claim, with its section
-    arms: dict              # arm label -> model options changed (the first arm is the paper's)
+    claim: str  # the paper's claim, with its section
+    arms: dict  # arm label -> model options changed (the first arm is the paper's)
 
 
 EXPERIMENTS = {
     "relu-vs-tanh": Experiment(
         "§3.1, Figure 1: a network with ReLUs reaches a training error threshold (25% on "
         "CIFAR-10) six times faster than the same network with tanh units.",
-        {"ReLU": {"activation": "relu"}, "tanh": {"activation": "tanh"}}),
+        {"ReLU": {"activation": "relu"}, "tanh": {"activation": "tanh"}},
+    ),
     "lrn": Experiment(
         "§3.3: local response normalization reduces the top-1 error by 1.4 points on ImageNet "
         "(13% -> 11% test error on CIFAR-10).",
-        {"LRN": {"lrn": True}, "no LRN": {"lrn": False}}),
+        {"LRN": {"lrn": True}, "no LRN": {"lrn": False}},
+    ),
     "pooling": Experiment(
         "§3.4: overlapping pooling (3/2) reduces the top-1 error by 0.4 points against 2/2, "
         "and overfits slightly less.",
-        {"overlapping 3/2": {"pooling": "overlap"}, "non-overlapping 2/2": {"pooling": "nonoverlap"}}),
+        {"overlapping 3/2": {"pooling": "overlap"}, "non-overlapping 2/2": {"pooling": "nonoverlap"}},
+    ),
     "dropout": Experiment(
         "§4.2: without dropout the network overfits substantially; dropout roughly doubles "
         "the iterations needed to converge.",
-        {"dropout 0.5": {"dropout": 0.5}, "no dropout": {"dropout": 0.0}}),
+        {"dropout 0.5": {"dropout": 0.5}, "no dropout": {"dropout": 0.0}},
+    ),
     "groups": Experiment(
         "§3.2: the two-tower (two-GPU) network beats a one-tower network (the paper's has "
         "half the kernels; here the same kernels, ungrouped) by 1.7 / 1.2 points.",
-        {"two towers": {"groups": True}, "one tower": {"groups": False}}),
+        {"two towers": {"groups": True}, "one tower": {"groups": False}},
+    ),
 }
 
 
@@ -91,8 +97,11 @@ def _spread(values: list[float]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def run_key(cfg, limit_train: int | None, limit_val: int | None) -> str:
@@ -100,8 +109,7 @@ def run_key(cfg, limit_train: int | None, limit_val: int | None) -> str:
     data and data folder included) and its image limits, without its output folder."""
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k != "out"}
-    blob = json.dumps({"config": d, "limit_train": limit_train, "limit_val": limit_val},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"config": d, "limit_train": limit_train, "limit_val": limit_val}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -128,8 +136,16 @@ def _reuse(source: Path, run_dir: Path) -> None:
         shutil.copytree(source, run_dir)
 
 
-def run(name: str, data: str = "fashion-mnist", data_dir: str | None = None, seeds: int | None = None,
-        quick: bool = False, out: str = "experiments", train_fn=None, trained: dict | None = None) -> dict:
+def run(
+    name: str,
+    data: str = "fashion-mnist",
+    data_dir: str | None = None,
+    seeds: int | None = None,
+    quick: bool = False,
+    out: str = "experiments",
+    train_fn=None,
+    trained: dict | None = None,
+) -> dict:
     """Train every arm of experiment `name` with every seed; write and return the results.
 
     `trained` (run_key -> run folder), shared between calls, makes a run that an earlier
@@ -148,23 +164,30 @@ def run(name: str, data: str = "fashion-mnist", data_dir: str | None = None, see
         runs[arm] = []
         for seed in range(seeds):
             run_dir = folder / _run_dir_name(arm, seed)
-            cfg = resolve(data, {"name": None, **options}, {"data_dir": data_dir},
-                          {"epochs": size.epochs, "seed": seed, "out": str(run_dir), "val_every": 1})
+            cfg = resolve(
+                data,
+                {"name": None, **options},
+                {"data_dir": data_dir, "limit_train": size.limit_train, "limit_val": size.limit_val},
+                {"epochs": size.epochs, "seed": seed, "out": str(run_dir), "val_every": 1},
+            )
             key = run_key(cfg, size.limit_train, size.limit_val)
             source = trained.get(key)
             if source is None:
                 if run_dir.is_symlink():  # an earlier `all` linked it: train here, not there
                     run_dir.unlink()
-                train_fn(cfg, limit_train=size.limit_train, limit_val=size.limit_val)
+                train_fn(cfg)
                 trained[key] = run_dir
             elif os.path.abspath(source) != os.path.abspath(run_dir):
                 _reuse(Path(source), run_dir)
                 origin = os.path.relpath(source, out)
                 reused.append({"arm": arm, "seed": seed, "run": origin, "key": key})
-                print(f"alexnet experiment {name}: {arm}, seed {seed}: the same configuration as "
-                      f"{origin}, reused (not trained again)", flush=True)
+                print(
+                    f"alexnet experiment {name}: {arm}, seed {seed}: the same configuration as "
+                    f"{origin}, reused (not trained again)",
+                    flush=True,
+                )
             runs[arm].append(read_metrics(run_dir))
-    results = summarize(name, runs, seeds, size)
+    results = aggregate(name, runs, seeds, size)
     results["reused"] = reused
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "results.json", results)
@@ -173,7 +196,7 @@ def run(name: str, data: str = "fashion-mnist", data_dir: str | None = None, see
     return results
 
 
-def summarize(name: str, runs: dict, seeds: int, size: Size) -> dict:
+def aggregate(name: str, runs: dict, seeds: int, size: Size) -> dict:
     arms = {}
     for arm, seed_rows in runs.items():
         final = [rows[-1] for rows in seed_rows]
@@ -188,19 +211,25 @@ def summarize(name: str, runs: dict, seeds: int, size: Size) -> dict:
     if name == "relu-vs-tanh":
         for arm, seed_rows in runs.items():
             errors = [[1 - r["train_acc"] for r in rows] for rows in seed_rows]
-            epochs = [crossing([r["epoch"] for r in rows], e, RELU_THRESHOLD)
-                      for rows, e in zip(seed_rows, errors)]
-            secs = [crossing(_cumulative([r["epoch_seconds"] for r in rows]), e, RELU_THRESHOLD)
-                    for rows, e in zip(seed_rows, errors)]
+            epochs = [crossing([r["epoch"] for r in rows], e, RELU_THRESHOLD) for rows, e in zip(seed_rows, errors)]
+            secs = [
+                crossing(_cumulative([r["epoch_seconds"] for r in rows]), e, RELU_THRESHOLD)
+                for rows, e in zip(seed_rows, errors)
+            ]
             arms[arm]["epochs_to_threshold"] = _spread(epochs)
             arms[arm]["seconds_to_threshold"] = _spread(secs)
     if name == "dropout":
         # iterations to converge: epochs until the training error is within 1 point of
         # the arm's own final training error
         for arm, seed_rows in runs.items():
-            arms[arm]["epochs_to_converge"] = _spread([
-                crossing([r["epoch"] for r in rows], [1 - r["train_acc"] for r in rows],
-                         1 - rows[-1]["train_acc"] + 0.01) for rows in seed_rows])
+            arms[arm]["epochs_to_converge"] = _spread(
+                [
+                    crossing(
+                        [r["epoch"] for r in rows], [1 - r["train_acc"] for r in rows], 1 - rows[-1]["train_acc"] + 0.01
+                    )
+                    for rows in seed_rows
+                ]
+            )
     labels = list(runs)
     paper, other = arms[labels[0]], arms[labels[1]]
     effect = {"test_error_difference": _diff(other["test_error"], paper["test_error"])}
@@ -210,9 +239,16 @@ def summarize(name: str, runs: dict, seeds: int, size: Size) -> dict:
     if name == "dropout":
         effect["gap_difference"] = _diff(other["gap"], paper["gap"])
         effect["convergence_ratio"] = _ratio(paper["epochs_to_converge"], other["epochs_to_converge"])
-    return {"experiment": name, "claim": EXPERIMENTS[name].claim, "seeds": seeds,
-            "epochs": size.epochs, "limit_train": size.limit_train, "limit_val": size.limit_val,
-            "arms": arms, "effect": effect}
+    return {
+        "experiment": name,
+        "claim": EXPERIMENTS[name].claim,
+        "seeds": seeds,
+        "epochs": size.epochs,
+        "limit_train": size.limit_train,
+        "limit_val": size.limit_val,
+        "arms": arms,
+        "effect": effect,
+    }
 
 
 def _cumulative(xs: list[float]) -> list[float]:
@@ -239,34 +275,53 @@ def _fmt(s: dict, percent: bool = True) -> str:
 
 
 def table(results: dict) -> str:
-    rows = [f"# {results['experiment']}", "", results["claim"], "",
-            f"{results['seeds']} seed(s), {results['epochs']} epochs, "
-            f"training images: {results['limit_train'] or 'all'}; mean ± standard deviation.", "",
-            "| arm | test error | training error | gap (test - train) | training seconds |",
-            "|---|---|---|---|---|"]
+    rows = [
+        f"# {results['experiment']}",
+        "",
+        results["claim"],
+        "",
+        f"{results['seeds']} seed(s), {results['epochs']} epochs, "
+        f"training images: {results['limit_train'] or 'all'}; mean ± standard deviation.",
+        "",
+        "| arm | test error | training error | gap (test - train) | training seconds |",
+        "|---|---|---|---|---|",
+    ]
     for arm, a in results["arms"].items():
-        rows.append(f"| {arm} | {_fmt(a['test_error'])} | {_fmt(a['train_error'])} | {_fmt(a['gap'])} | "
-                    f"{_fmt(a['seconds'], percent=False)} |")
+        rows.append(
+            f"| {arm} | {_fmt(a['test_error'])} | {_fmt(a['train_error'])} | {_fmt(a['gap'])} | "
+            f"{_fmt(a['seconds'], percent=False)} |"
+        )
     extra = {k: a for k, a in results["arms"].items() if "epochs_to_threshold" in a or "epochs_to_converge" in a}
     for arm, a in extra.items():
         if "epochs_to_threshold" in a:
-            rows.append(f"\n{arm}: training error {RELU_THRESHOLD:.0%} reached at epoch "
-                        f"{_fmt(a['epochs_to_threshold'], False)}, after "
-                        f"{_fmt(a['seconds_to_threshold'], False)} s")
+            rows.append(
+                f"\n{arm}: training error {RELU_THRESHOLD:.0%} reached at epoch "
+                f"{_fmt(a['epochs_to_threshold'], False)}, after "
+                f"{_fmt(a['seconds_to_threshold'], False)} s"
+            )
         if "epochs_to_converge" in a:
-            rows.append(f"\n{arm}: within 1 point of its final training error at epoch "
-                        f"{_fmt(a['epochs_to_converge'], False)}")
+            rows.append(
+                f"\n{arm}: within 1 point of its final training error at epoch {_fmt(a['epochs_to_converge'], False)}"
+            )
     if results.get("reused"):
-        rows.append("\nReused (the same configuration, trained once for another experiment): " + ", ".join(
-            f"{r['arm']} seed {r['seed']} = {r['run']}" for r in results["reused"]))
-    rows += ["", "Effect: " + ", ".join(f"{k} = {v:.4g}" if v is not None else f"{k} = n/a"
-                                        for k, v in results["effect"].items()), ""]
+        rows.append(
+            "\nReused (the same configuration, trained once for another experiment): "
+            + ", ".join(f"{r['arm']} seed {r['seed']} = {r['run']}" for r in results["reused"])
+        )
+    rows += [
+        "",
+        "Effect: "
+        + ", ".join(f"{k} = {v:.4g}" if v is not None else f"{k} = n/a" for k, v in results["effect"].items()),
+        "",
+    ]
     return "\n".join(rows)
 
 
 def plot(results: dict, runs: dict, path: Path) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise UserError(f"{path}: the figure needs matplotlib: pip install 'alexnet[figures]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

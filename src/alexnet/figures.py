@@ -25,22 +25,24 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .tblog import normalise_kernels
 
 DPI = 100
-TILE_INCHES = 0.6          # filters: width of one kernel tile
-NEIGHBOR_INCHES = 1.6      # neighbors: width and height of one image cell
+TILE_INCHES = 0.6  # filters: width of one kernel tile
+NEIGHBOR_INCHES = 1.6  # neighbors: width and height of one image cell
 PLOT_FIGSIZE = (15.0, 4.0)  # plot: three panels side by side
 
 
 # ----------------------------------------------------------------------------- drawing helpers
+
 
 def _figure(figsize: tuple[float, float]):
     """A matplotlib Figure on the Agg canvas, without pyplot or a display."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
-        raise UserError("figures need matplotlib: pip install 'matplotlib>=3.5'") from e
+    except ImportError as e:  # matplotlib is the `figures` extra
+        raise UserError("figures need matplotlib: pip install 'alexnet[figures]' (or matplotlib>=3.5)") from e
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -48,7 +50,7 @@ def _figure(figsize: tuple[float, float]):
 
 def _save(fig, out: str | Path) -> dict:
     """Write `fig` as a PNG of exactly figsize x DPI pixels; returns its path and size."""
-    from .checkpoint import atomic_write
+    from .jsonio import atomic_write
 
     out = Path(out)
     try:
@@ -72,19 +74,26 @@ def _image_array(img: torch.Tensor):
 def _imshow(ax, img: torch.Tensor, vmax: float) -> None:
     arr = _image_array(img)
     gray = arr.ndim == 2
-    ax.imshow(arr, cmap="gray" if gray else None, vmin=0 if gray else None, vmax=vmax if gray else None,
-              interpolation="nearest")
+    ax.imshow(
+        arr,
+        cmap="gray" if gray else None,
+        vmin=0 if gray else None,
+        vmax=vmax if gray else None,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 # ----------------------------------------------------------------------------- filters (Figure 3)
 
+
 @dataclass
 class FilterGrid:
     """One grid of the filters figure: the kernels of one tower, normalised to [0, 1]."""
+
     title: str
-    kernels: torch.Tensor   # (n, in_channels, k, k), each kernel scaled to [0, 1]
+    kernels: torch.Tensor  # (n, in_channels, k, k), each kernel scaled to [0, 1]
     rows: int
     cols: int
 
@@ -97,19 +106,6 @@ def _grid_shape(n: int) -> tuple[int, int]:
     """Rows and columns for n tiles, a little wider than tall (48 -> 6 x 8)."""
     cols = max(1, math.ceil(math.sqrt(n * 4 / 3)))
     return math.ceil(n / cols), cols
-
-
-def normalise_kernels(w: torch.Tensor) -> torch.Tensor:
-    """Each kernel (in_channels x k x k) scaled to [0, 1] by its own min and max, over all
-    its channels together (so an RGB kernel keeps its colour balance); a constant kernel
-    becomes 0.5."""
-    w = w.detach().float().cpu()
-    flat = w.flatten(1)
-    lo, hi = flat.min(1).values, flat.max(1).values
-    span = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
-    out = (flat - lo[:, None]) / span[:, None]
-    out[(hi - lo) == 0] = 0.5
-    return out.view_as(w)
 
 
 def filter_grids(model) -> list[FilterGrid]:
@@ -126,14 +122,15 @@ def filter_grids(model) -> list[FilterGrid]:
     if groups == 1:
         return [FilterGrid("conv1", kernels, *_grid_shape(kernels.shape[0]))]
     per = kernels.shape[0] // groups
-    return [FilterGrid(f"tower {i + 1} (GPU {i + 1})", kernels[i * per:(i + 1) * per],
-                       *_grid_shape(per)) for i in range(groups)]
+    return [
+        FilterGrid(f"tower {i + 1} (GPU {i + 1})", kernels[i * per : (i + 1) * per], *_grid_shape(per))
+        for i in range(groups)
+    ]
 
 
 def filter_layout(model) -> list[dict]:
     """What the filters figure draws: each grid's title, tile count and rows x columns."""
-    return [{"title": g.title, "tiles": g.tiles, "rows": g.rows, "cols": g.cols}
-            for g in filter_grids(model)]
+    return [{"title": g.title, "tiles": g.tiles, "rows": g.rows, "cols": g.cols} for g in filter_grids(model)]
 
 
 def filters_figsize(grids: list[FilterGrid]) -> tuple[float, float]:
@@ -154,9 +151,19 @@ def draw_filters(model, out: str | Path, title: str | None = None) -> dict:
     fig = _figure(filters_figsize(grids))
     sub = fig.subfigures(1, len(grids), width_ratios=[g.cols for g in grids], squeeze=False)[0]
     for sf, g in zip(sub, grids):
-        axes = sf.subplots(g.rows, g.cols, squeeze=False,
-                           gridspec_kw={"wspace": 0.08, "hspace": 0.08, "left": 0.02, "right": 0.98,
-                                        "bottom": 0.02, "top": 1 - 0.55 / fig.get_size_inches()[1]})
+        axes = sf.subplots(
+            g.rows,
+            g.cols,
+            squeeze=False,
+            gridspec_kw={
+                "wspace": 0.08,
+                "hspace": 0.08,
+                "left": 0.02,
+                "right": 0.98,
+                "bottom": 0.02,
+                "top": 1 - 0.55 / fig.get_size_inches()[1],
+            },
+        )
         for i, ax in enumerate(axes.flat):
             if i < g.tiles:
                 _imshow(ax, g.kernels[i], 1.0)
@@ -179,6 +186,7 @@ def filters_command(path: str, out: str | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- neighbors (Figure 4)
+
 
 @torch.no_grad()
 def fc7_features(model, preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -204,8 +212,7 @@ def _keep_nearest(dist: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torc
 
 
 @torch.no_grad()
-def nearest_neighbors(model, preprocess, queries: torch.Tensor, train_loader, k: int,
-                      device: torch.device) -> dict:
+def nearest_neighbors(model, preprocess, queries: torch.Tensor, train_loader, k: int, device: torch.device) -> dict:
     """For each query image (uint8 N x C x H x W), the k training images nearest in fc7.
 
     train_loader yields (uint8 images, labels) batches of every training image once, in
@@ -221,16 +228,24 @@ def nearest_neighbors(model, preprocess, queries: torch.Tensor, train_loader, k:
     for images, _ in train_loader:
         f = fc7_features(model, preprocess, images, device)
         idx = torch.arange(seen, seen + f.shape[0], device=device).expand(q.shape[0], -1)
-        best_d, best_i = _keep_nearest(torch.cat([best_d, _distances(q, f)], 1),
-                                       torch.cat([best_i, idx], 1), k)
+        best_d, best_i = _keep_nearest(torch.cat([best_d, _distances(q, f)], 1), torch.cat([best_i, idx], 1), k)
         seen += f.shape[0]
     return {"distances": best_d.cpu(), "indices": best_i.cpu(), "train_images": seen}
 
 
-def neighbors_command(path: str, data: str | None = None, data_dir: str | None = None,
-                      queries: int = 5, k: int = 6, out: str | None = None,
-                      limit_train: int | None = None, batch_size: int = 256, seed: int = 0,
-                      query_split: str = "val", device: str = "auto") -> dict:
+def neighbors_command(
+    path: str,
+    data: str | None = None,
+    data_dir: str | None = None,
+    queries: int = 5,
+    k: int = 6,
+    out: str | None = None,
+    limit_train: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    query_split: str = "val",
+    device: str = "auto",
+) -> dict:
     """Figure 4 for a checkpoint: `queries` images of the validation/test split (or of the
     training split, query_split="train"), drawn with `seed`, and the k training images
     nearest to each in fc7; writes the PNG and returns the neighbours."""
@@ -239,7 +254,7 @@ def neighbors_command(path: str, data: str | None = None, data_dir: str | None =
     from .augment import Preprocess
     from .checkpoint import load_inference
     from .data import load_split
-    from .engine import resolve_device
+    from .runtime import resolve_device
 
     for name, value in (("--queries", queries), ("--k", k), ("--batch-size", batch_size)):
         if value < 1:
@@ -261,13 +276,14 @@ def neighbors_command(path: str, data: str | None = None, data_dir: str | None =
         raise UserError(f"--k {k} is more than the {train.size} training images")
     source = train if query_split == "train" else load_split(False, data_cfg, batch_size, ordered=True)
     if queries > source.size:
-        raise UserError(f"--queries {queries} is more than the {source.size} images of the "
-                        f"{'training' if query_split == 'train' else 'validation'} split")
+        raise UserError(
+            f"--queries {queries} is more than the {source.size} images of the "
+            f"{'training' if query_split == 'train' else 'validation'} split"
+        )
     pick = torch.randperm(source.size, generator=torch.Generator().manual_seed(seed))[:queries].tolist()
     q_images, q_labels = source.loader.items(pick)
 
-    preprocess = Preprocess(data_cfg, cfg.model.input_size, dev, channels_last=False,
-                            mean_image=loaded.mean_image)
+    preprocess = Preprocess(data_cfg, cfg.model.input_size, dev, channels_last=False, mean_image=loaded.mean_image)
     found = nearest_neighbors(loaded.model, preprocess, q_images, train.loader, k, dev)
     classes = train.classes
     rows, nn_images = [], []
@@ -275,31 +291,53 @@ def neighbors_command(path: str, data: str | None = None, data_dir: str | None =
         nn_idx = found["indices"][qi].tolist()
         images, nn_labels = train.loader.items(nn_idx)
         nn_images.append(images)
-        rows.append({"split": query_split, "index": index, "label": classes[label],
-                     "neighbors": [{"index": i, "distance": float(d), "label": classes[y]}
-                                   for i, d, y in zip(nn_idx, found["distances"][qi].tolist(), nn_labels)]})
+        rows.append(
+            {
+                "split": query_split,
+                "index": index,
+                "label": classes[label],
+                "neighbors": [
+                    {"index": i, "distance": float(d), "label": classes[y]}
+                    for i, d, y in zip(nn_idx, found["distances"][qi].tolist(), nn_labels)
+                ],
+            }
+        )
     out = Path(out) if out else Path(path).parent / "neighbors.png"
     drawn = draw_neighbors(q_images, nn_images, rows, out)
-    return {"checkpoint": str(path), "data": data_cfg.name, "train_images": found["train_images"],
-            "k": k, "queries": rows, **drawn}
+    return {
+        "checkpoint": str(path),
+        "data": data_cfg.name,
+        "train_images": found["train_images"],
+        "k": k,
+        "queries": rows,
+        **drawn,
+    }
 
 
 def neighbors_figsize(queries: int, k: int) -> tuple[float, float]:
     return (k + 1) * NEIGHBOR_INCHES, queries * NEIGHBOR_INCHES
 
 
-def draw_neighbors(q_images: torch.Tensor, nn_images: list[torch.Tensor], rows: list[dict],
-                   out: str | Path) -> dict:
+def draw_neighbors(q_images: torch.Tensor, nn_images: list[torch.Tensor], rows: list[dict], out: str | Path) -> dict:
     """One row per query: the query image, then its neighbours with their distances."""
     k = nn_images[0].shape[0]
     fig = _figure(neighbors_figsize(len(rows), k))
-    axes = fig.subplots(len(rows), k + 1, squeeze=False,
-                        gridspec_kw={"wspace": 0.1, "hspace": 0.35, "left": 0.01, "right": 0.99,
-                                     "bottom": 0.01, "top": 1 - 0.3 / fig.get_size_inches()[1]})
+    axes = fig.subplots(
+        len(rows),
+        k + 1,
+        squeeze=False,
+        gridspec_kw={
+            "wspace": 0.1,
+            "hspace": 0.35,
+            "left": 0.01,
+            "right": 0.99,
+            "bottom": 0.01,
+            "top": 1 - 0.3 / fig.get_size_inches()[1],
+        },
+    )
     for r, row in enumerate(rows):
         _imshow(axes[r, 0], q_images[r], 255)
-        axes[r, 0].set_title(f"{row['split']} #{row['index']}\n{row['label']}", fontsize=7,
-                             color="tab:red")
+        axes[r, 0].set_title(f"{row['split']} #{row['index']}\n{row['label']}", fontsize=7, color="tab:red")
         for c, n in enumerate(row["neighbors"], start=1):
             _imshow(axes[r, c], nn_images[r][c - 1], 255)
             axes[r, c].set_title(f"train #{n['index']}\nd = {n['distance']:.3g}", fontsize=7)
@@ -324,12 +362,13 @@ def draw_curves(run_dir: str | Path, out: str | Path | None = None) -> dict:
     m = read_metrics(run_dir)
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig = _figure(PLOT_FIGSIZE)
-    axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3, "left": 0.05, "right": 0.98,
-                                           "bottom": 0.13, "top": 0.88})
+    axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3, "left": 0.05, "right": 0.98, "bottom": 0.13, "top": 0.88})
     ep = m["epoch"]
-    panels = ((axes[0], "loss", (("train_loss", "train"), ("val_loss", "validation"))),
-              (axes[1], "top-1 accuracy", (("train_acc", "train"), ("val_top1", "validation"))),
-              (axes[2], "learning rate", (("lr", None),)))
+    panels = (
+        (axes[0], "loss", (("train_loss", "train"), ("val_loss", "validation"))),
+        (axes[1], "top-1 accuracy", (("train_acc", "train"), ("val_top1", "validation"))),
+        (axes[2], "learning rate", (("lr", None),)),
+    )
     for ax, title, series in panels:
         for col, label in series:
             ax.plot(ep, m[col], marker="o", markersize=3, label=label)

@@ -59,23 +59,25 @@ DEAD_GRADIENTS = "dead_gradients"
 NON_FINITE_VAL = "non_finite_val"
 KINDS = (NON_FINITE, EXPLODING, NOT_LEARNING, DEAD_GRADIENTS, NON_FINITE_VAL)
 
-FLAT_STEPS = 300       # measured: see the module docstring
-FLAT_MARGIN = 0.1      # nats below ln C; measured: see the module docstring
+FLAT_STEPS = 300  # measured: see the module docstring
+FLAT_MARGIN = 0.1  # nats below ln C; measured: see the module docstring
 EXPLODE_FACTOR = 10.0  # the issue's "ten times ln C"
-EXPLODE_WINDOWS = 2    # windows in a row above it
+EXPLODE_WINDOWS = 2  # windows in a row above it
 
 # What to try; the caller adds where the last good checkpoint is.
 DIVERGED_ADVICE = "try a lower --lr, --init caffe or a warm-up (--warmup-epochs)"
-STUCK_ADVICE = ("try another --lr, --init caffe or a warm-up (--warmup-epochs); "
-                "with the paper's init (--init paper) the loss may still leave this plateau later")
+STUCK_ADVICE = (
+    "try another --lr, --init caffe or a warm-up (--warmup-epochs); "
+    "with the paper's init (--init paper) the loss may still leave this plateau later"
+)
 
 
 @dataclass(frozen=True)
 class HealthEvent:
-    kind: str      # one of KINDS
-    step: int      # global step of the window (the epoch, 1-based as printed, for validation)
-    fatal: bool    # True: stop the run (it diverged); False: a warning, said once
-    message: str   # one line: what happened, where, and the advice
+    kind: str  # one of KINDS
+    step: int  # global step of the window (the epoch, 1-based as printed, for validation)
+    fatal: bool  # True: stop the run (it diverged); False: a warning, said once
+    message: str  # one line: what happened, where, and the advice
 
     def to_dict(self) -> dict:
         """Plain str/int/bool values: JSON-safe and loadable with weights_only=True."""
@@ -108,12 +110,20 @@ class HealthMonitor:
     events: every event returned so far, for the run's metrics and JSON summary.
     """
 
-    def __init__(self, num_classes: int, flat_steps: int = FLAT_STEPS, explode_factor: float = EXPLODE_FACTOR,
-                 flat_margin: float = FLAT_MARGIN, explode_windows: int = EXPLODE_WINDOWS):
+    def __init__(
+        self,
+        num_classes: int,
+        flat_steps: int = FLAT_STEPS,
+        explode_factor: float = EXPLODE_FACTOR,
+        flat_margin: float = FLAT_MARGIN,
+        explode_windows: int = EXPLODE_WINDOWS,
+    ):
         if num_classes < 1 or flat_steps < 0 or flat_margin < 0 or explode_factor <= 0 or explode_windows < 1:
-            raise ValueError(f"HealthMonitor: bad thresholds (num_classes {num_classes}, flat_steps "
-                             f"{flat_steps}, flat_margin {flat_margin}, explode_factor {explode_factor}, "
-                             f"explode_windows {explode_windows})")
+            raise ValueError(
+                f"HealthMonitor: bad thresholds (num_classes {num_classes}, flat_steps "
+                f"{flat_steps}, flat_margin {flat_margin}, explode_factor {explode_factor}, "
+                f"explode_windows {explode_windows})"
+            )
         self.num_classes, self.flat_steps, self.flat_margin = num_classes, flat_steps, flat_margin
         self.explode_factor, self.explode_windows = explode_factor, explode_windows
         self.events: list[HealthEvent] = []
@@ -144,32 +154,48 @@ class HealthMonitor:
     def window(self, step: int, mean_loss: float) -> HealthEvent | None:
         """The mean training loss of the window of steps that ends at global `step`."""
         if not math.isfinite(mean_loss):
-            return self._emit(NON_FINITE, step, True, f"step {step}: training loss is {mean_loss}: "
-                              f"training diverged; {DIVERGED_ADVICE}")
+            return self._emit(
+                NON_FINITE,
+                step,
+                True,
+                f"step {step}: training loss is {mean_loss}: training diverged; {DIVERGED_ADVICE}",
+            )
         if self.num_classes < 2:
             return None
         ln_c = self.chance_loss
         self.explode_streak = self.explode_streak + 1 if mean_loss > self.explode_level else 0
         if self.explode_streak >= self.explode_windows:
-            return self._emit(EXPLODING, step, True,
-                              f"step {step}: training loss {mean_loss:.4g} above {self.explode_factor:g} x "
-                              f"ln {self.num_classes} = {self.explode_level:.4g} for {self.explode_streak} "
-                              f"windows in a row: training diverged; {DIVERGED_ADVICE}")
+            return self._emit(
+                EXPLODING,
+                step,
+                True,
+                f"step {step}: training loss {mean_loss:.4g} above {self.explode_factor:g} x "
+                f"ln {self.num_classes} = {self.explode_level:.4g} for {self.explode_streak} "
+                f"windows in a row: training diverged; {DIVERGED_ADVICE}",
+            )
         # learned first: a run resumed with a fresh monitor judges its current loss
         self.learned = self.learned or mean_loss < ln_c - self.flat_margin
         if not self.learned and step >= self.flat_steps:
-            return self._emit(NOT_LEARNING, step, False,
-                              f"step {step}: training loss {mean_loss:.4f} has not fallen below ln "
-                              f"{self.num_classes} - {self.flat_margin:g} = {ln_c - self.flat_margin:.4f} "
-                              f"(chance is {ln_c:.4f}): the network is not learning; {STUCK_ADVICE}")
+            return self._emit(
+                NOT_LEARNING,
+                step,
+                False,
+                f"step {step}: training loss {mean_loss:.4f} has not fallen below ln "
+                f"{self.num_classes} - {self.flat_margin:g} = {ln_c - self.flat_margin:.4f} "
+                f"(chance is {ln_c:.4f}): the network is not learning; {STUCK_ADVICE}",
+            )
         return None
 
     def validation(self, epoch: int, val_loss: float) -> HealthEvent | None:
         """The validation loss after `epoch` (pass it 1-based, as the log prints it)."""
         if math.isfinite(val_loss):
             return None
-        return self._emit(NON_FINITE_VAL, epoch, True, f"epoch {epoch}: validation loss is {val_loss}: "
-                          f"training diverged; {DIVERGED_ADVICE}")
+        return self._emit(
+            NON_FINITE_VAL,
+            epoch,
+            True,
+            f"epoch {epoch}: validation loss is {val_loss}: training diverged; {DIVERGED_ADVICE}",
+        )
 
     def gradients(self, step: int, model: torch.nn.Module) -> HealthEvent | None:
         """Check the gradients the last backward left in `model` (call after the step, before
@@ -179,15 +205,23 @@ class HealthMonitor:
         dead = _dead_layers(model)
         if not dead:
             return None
-        return self._emit(DEAD_GRADIENTS, step, False,
-                          f"step {step}: the weight gradients of {', '.join(dead)} are exactly zero "
-                          f"(dead ReLUs: no unit passes a gradient): the network is not learning there; "
-                          f"{STUCK_ADVICE}")
+        return self._emit(
+            DEAD_GRADIENTS,
+            step,
+            False,
+            f"step {step}: the weight gradients of {', '.join(dead)} are exactly zero "
+            f"(dead ReLUs: no unit passes a gradient): the network is not learning there; "
+            f"{STUCK_ADVICE}",
+        )
 
     def state_dict(self) -> dict:
         """Plain values (bool, int, str lists and dicts): safe in a weights_only checkpoint."""
-        return {"learned": self.learned, "explode_streak": self.explode_streak,
-                "warned": sorted(self.warned), "events": [e.to_dict() for e in self.events]}
+        return {
+            "learned": self.learned,
+            "explode_streak": self.explode_streak,
+            "warned": sorted(self.warned),
+            "events": [e.to_dict() for e in self.events],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a checkpointed run; {} (a checkpoint from before this module) starts afresh."""

@@ -70,8 +70,10 @@ def val_labels(root: Path, labels_file: str | None = None, synsets_file: str | N
     """File name -> wnid for the flat validation folder of ImageNet-style data at `root`."""
     path = Path(labels_file) if labels_file else (_find(root, LOC_CSV) or _find(root, GROUND_TRUTH))
     if path is None or not path.is_file():
-        raise UserError(f"{root / 'val'}: a flat validation folder needs its labels: {LOC_CSV} or "
-                        f"{GROUND_TRUTH} (+ meta.mat) in {root}, or --val-labels FILE")
+        raise UserError(
+            f"{root / 'val'}: a flat validation folder needs its labels: {LOC_CSV} or "
+            f"{GROUND_TRUTH} (+ meta.mat) in {root}, or --val-labels FILE"
+        )
     if path.suffix == ".csv":
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -81,8 +83,9 @@ def val_labels(root: Path, labels_file: str | None = None, synsets_file: str | N
             raise UserError(f"{path}: expected the columns ImageId,PredictionString") from e
     order_path = Path(synsets_file) if synsets_file else _find(root, "meta.mat")
     if order_path is None:
-        raise UserError(f"{path}: ILSVRC2012_IDs need the synset order: the devkit's meta.mat "
-                        "in the data folder, or --synsets FILE")
+        raise UserError(
+            f"{path}: ILSVRC2012_IDs need the synset order: the devkit's meta.mat in the data folder, or --synsets FILE"
+        )
     order = _id_order(order_path)
     try:
         ids = [int(line) for line in path.read_text().split()]
@@ -104,11 +107,16 @@ class FlatFolder(datasets.DatasetFolder):
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         unknown = sorted({w for w in self._labels.values()} - set(class_to_idx))
         present = [n for n in sorted(os.listdir(directory)) if n in self._labels]
-        samples = [(os.path.join(directory, n), class_to_idx[self._labels[n]]) for n in present
-                   if self._labels[n] in class_to_idx]
+        samples = [
+            (os.path.join(directory, n), class_to_idx[self._labels[n]])
+            for n in present
+            if self._labels[n] in class_to_idx
+        ]
         if not samples:
-            raise UserError(f"{directory}: none of its files has a label of a training class"
-                            + (f" (labels name {len(unknown)} classes not in train/)" if unknown else ""))
+            raise UserError(
+                f"{directory}: none of its files has a label of a training class"
+                + (f" (labels name {len(unknown)} classes not in train/)" if unknown else "")
+            )
         return samples
 
 

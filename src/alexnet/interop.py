@@ -35,14 +35,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - garbage bytes fail deep in the unpickler, any type
-        raise UserError(f"{path}: not readable as a file of tensors (torch.load with "
-                        f"weights_only=True failed: {type(e).__name__})") from e
+        raise UserError(
+            f"{path}: not readable as a file of tensors (torch.load with weights_only=True failed: {type(e).__name__})"
+        ) from e
     if isinstance(state, dict) and state.get("format") == "alexnet-checkpoint":
         raise UserError(f"{path}: already an alexnet checkpoint, not torchvision weights")
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"{path}: not a state dict (expected a dict of tensors, as "
-                        "torch.save(model.state_dict()) writes)")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise UserError(
+            f"{path}: not a state dict (expected a dict of tensors, as torch.save(model.state_dict()) writes)"
+        )
     return state
 
 
@@ -70,8 +75,9 @@ def _imagenet_data() -> DataConfig:
     mean_image=False: torchvision subtracts a per-channel mean and there is no mean image
     to ship (from_dict drops the key where DataConfig has no such field).
     """
-    return DataConfig.from_dict({"name": "imagenet", "resize": 256, "mean": IMAGENET_MEAN,
-                                 "std": IMAGENET_STD, "mean_image": False})
+    return DataConfig.from_dict(
+        {"name": "imagenet", "resize": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "mean_image": False}
+    )
 
 
 def import_torchvision(weights: str | Path, out: str | Path, classes: str | Path | None = None) -> dict:
@@ -86,20 +92,24 @@ def import_torchvision(weights: str | Path, out: str | Path, classes: str | Path
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    problems = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("shape", wrong)) if keys]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+        if keys
+    ]
     if problems:
         raise UserError(f"{weights}: keys do not fit torchvision's AlexNet ({'; '.join(problems)})")
     model.load_state_dict(state, strict=True)
     names = _read_classes(Path(classes), num_classes) if classes else _default_classes(num_classes)
-    config = RunConfig(model=model_config("owt", num_classes=num_classes),
-                       data=_imagenet_data(),
-                       train=TrainConfig(amp="off"))
-    save_checkpoint(out, {"config": config.to_dict(), "classes": names,
-                          "model": model.state_dict(), "epoch": 0})
+    config = RunConfig(
+        model=model_config("owt", num_classes=num_classes), data=_imagenet_data(), train=TrainConfig(amp="off")
+    )
+    save_checkpoint(out, {"config": config.to_dict(), "classes": names, "model": model.state_dict(), "epoch": 0})
     return {"checkpoint": str(out), "weights": str(weights), "classes": num_classes}
 
 
@@ -125,12 +135,23 @@ def export_onnx(checkpoint: str | Path, out: str | Path, batch_size: int = 1) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     proto = onnx.load(str(out))
-    metadata = {"classes": to_json(classes, indent=None), "std": to_json(list(cfg.data.std), indent=None),
-                "resize": str(cfg.data.resize), "model_config": to_json(m.to_dict(), indent=None)}
+    metadata = {
+        "classes": to_json(classes, indent=None),
+        "std": to_json(list(cfg.data.std), indent=None),
+        "resize": str(cfg.data.resize),
+        "model_config": to_json(m.to_dict(), indent=None),
+    }
     mean_image = ckpt.get("mean_image")  # §2's per-pixel mean, where the model was trained with one
     if mean_image is not None:
         metadata["mean_image"] = to_json(mean_image.float().round(decimals=4).tolist(), indent=None)
@@ -141,9 +162,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, batch_size: int = 1) ->
     metadata["preprocessing"] = (
         f"{'RGB' if m.in_channels == 3 else 'grayscale'} pixels in 0..255; shorter side to resize "
         f"and the central resize x resize square; subtract {subtract}; divide by std; the centre "
-        f"{m.input_size} x {m.input_size} crop; N x C x H x W float32")
+        f"{m.input_size} x {m.input_size} crop; N x C x H x W float32"
+    )
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(out))
-    return {"checkpoint": str(checkpoint), "onnx": str(out),
-            "input": ["batch", m.in_channels, m.input_size, m.input_size], "classes": len(classes)}
+    return {
+        "checkpoint": str(checkpoint),
+        "onnx": str(out),
+        "input": ["batch", m.in_channels, m.input_size, m.input_size],
+        "classes": len(classes),
+    }

@@ -1,4 +1,6 @@
-"""The package's one JSON writer: RFC 8259 JSON, even when a number is NaN or infinite.
+"""The package's one JSON writer: RFC 8259 JSON, even when a number is NaN or infinite;
+and atomic_write, which every file the package writes (JSON, checkpoints, weights, PNGs)
+goes through.
 
 Python's json.dumps writes NaN, Infinity and -Infinity for non-finite floats, which no
 JSON standard allows: strict parsers (JavaScript's JSON.parse, jq, Go's encoding/json,
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +82,27 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """Write to_json(obj) and a newline to `path` atomically: readers see old or new, never half."""
-    from .checkpoint import atomic_write  # here, not above: checkpoint.py imports this module
-
     text = to_json(obj, indent) + "\n"
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -13,8 +13,9 @@ mirrors and lighting happen on the device (augment.py). Three loaders implement 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -25,8 +26,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Loader(Protocol):
-    unreadable: list[str]   # files skipped so far (always empty for in-memory data)
-    workers: int            # DataLoader worker processes (0: none)
+    unreadable: list[str]  # files skipped so far (always empty for in-memory data)
+    workers: int  # DataLoader worker processes (0: none)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Draw epoch `epoch`'s order; start at batch `start` (a mid-epoch resume)."""
@@ -43,10 +44,11 @@ class Loader(Protocol):
 @dataclass
 class Split:
     """One split of a dataset: this process's loader and what describes the split."""
+
     loader: Loader
     classes: list[str]
-    size: int               # number of images
-    fingerprint: str        # identifies the images (cache key of the mean image)
+    size: int  # number of images
+    fingerprint: str  # identifies the images (cache key of the mean image)
 
 
 class ShardedBatches:
@@ -76,14 +78,15 @@ class ShardedBatches:
     def __iter__(self):
         r, b = self.d.rank, self.batch
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                self.seed * 100_003 + self.epoch)).tolist()
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            ).tolist()
             for i in range(self.start, len(self)):
-                yield order[i * self.global_batch + r * b:i * self.global_batch + (r + 1) * b]
+                yield order[i * self.global_batch + r * b : i * self.global_batch + (r + 1) * b]
         else:
             mine = range(r, self.n, self.d.world)
             for i in range(self.start, len(self)):
-                yield list(mine[i * b:(i + 1) * b])
+                yield list(mine[i * b : (i + 1) * b])
 
 
 class InMemoryLoader:
@@ -163,9 +166,13 @@ class FolderLoader:
         self.unreadable: list[str] = []
         self.workers = default_workers() if workers < 0 else workers
         self._loader = torch.utils.data.DataLoader(
-            _Tolerant(dataset), batch_sampler=batches, num_workers=self.workers,
-            collate_fn=_collate_readable, pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.workers > 0)
+            _Tolerant(dataset),
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate_readable,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+        )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.batches.set_epoch(epoch, start)

@@ -44,8 +44,9 @@ DENSE_MAX_CHANNELS = 128
 BLOCK = 32
 
 
-def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, size: int, scale: float = 1.0,
-                        bias: float | None = None) -> torch.Tensor:
+def _channel_window_sum(
+    x: torch.Tensor, band: torch.Tensor, size: int, scale: float = 1.0, bias: float | None = None
+) -> torch.Tensor:
     """bias + scale * (sum of x over the channel window), in x's memory layout.
 
     band is the C x C 0/1 window matrix (band_matrix). channels_last: a matrix product
@@ -56,15 +57,15 @@ def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, size: int, scale: f
     if x.is_contiguous(memory_format=torch.channels_last):
         rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: (N*H*W, C)
         if c <= DENSE_MAX_CHANNELS:  # one fused call: bias + scale * rows @ band
-            out = torch.addmm(rows.new_full((c,), 0.0 if bias is None else bias), rows,
-                              band.to(x.dtype), alpha=scale)
+            out = torch.addmm(rows.new_full((c,), 0.0 if bias is None else bias), rows, band.to(x.dtype), alpha=scale)
             return out.view(n, h, w, c).permute(0, 3, 1, 2)
         half, blocks = size // 2, -(-c // BLOCK)
         padded = F.pad(rows, (half, half + blocks * BLOCK - c))
-        windows = padded.unfold(1, BLOCK + 2 * half, BLOCK)                # (M, blocks, BLOCK + 2h)
+        windows = padded.unfold(1, BLOCK + 2 * half, BLOCK)  # (M, blocks, BLOCK + 2h)
         k = torch.arange(BLOCK + 2 * half, device=x.device)
-        kernel = ((k[:, None] - torch.arange(BLOCK, device=x.device)[None, :] - half).abs()
-                  <= half).to(x.dtype)                                    # (BLOCK + 2h, BLOCK)
+        kernel = ((k[:, None] - torch.arange(BLOCK, device=x.device)[None, :] - half).abs() <= half).to(
+            x.dtype
+        )  # (BLOCK + 2h, BLOCK)
         # one GEMM over all (row, block) pairs; the reshape copies the overlapping windows
         out = torch.mm(windows.reshape(-1, windows.shape[-1]), kernel).view(rows.shape[0], -1)[:, :c]
         out = out.mul_(scale) if scale != 1.0 else out
@@ -74,7 +75,7 @@ def _channel_window_sum(x: torch.Tensor, band: torch.Tensor, size: int, scale: f
     padded = F.pad(x, (0, 0, 0, 0, half, half))
     out = padded[:, :c].clone()
     for j in range(1, size):
-        out += padded[:, j:j + c]
+        out += padded[:, j : j + c]
     out = out.mul_(scale) if scale != 1.0 else out
     return out.add_(bias) if bias is not None else out
 
@@ -111,7 +112,7 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx, x, band, size: int, k: float, alpha: float, beta: float):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf, denom = _denominator(x, band, size, k, alpha)
-            scale = _power(denom, beta)                                 # d^-beta
+            scale = _power(denom, beta)  # d^-beta
             out = xf * scale
             ctx.save_for_backward(xf, scale, scale / denom, band)
         ctx.constants = (size, alpha, beta)
@@ -124,14 +125,13 @@ class _LRNFunction(torch.autograd.Function):
         with torch.autocast(device_type=xf.device.type, enabled=False):
             g = grad_out.to(xf.dtype)
             t = g * xf
-            t.mul_(scale_over_denom)                                    # g * b / d
+            t.mul_(scale_over_denom)  # g * b / d
             grad = g * scale
             grad.addcmul_(xf, _channel_window_sum(t, band, size), value=-2.0 * alpha * beta)
         return grad.to(grad_out.dtype), None, None, None, None, None
 
 
-def lrn_expression(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float,
-                   beta: float) -> torch.Tensor:
+def lrn_expression(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float) -> torch.Tensor:
     """_LRNFunction's forward as plain tensor operations (the same ones, so the same numbers).
 
     For exporters, which record tensor operations: torch.jit.trace keeps a custom
@@ -150,8 +150,7 @@ class LocalResponseNorm(nn.Module):
     .to(device) and stays out of the state dict).
     """
 
-    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                 k: float = 2.0):
+    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.register_buffer("band", band_matrix(channels, size), persistent=False)
@@ -166,5 +165,6 @@ class LocalResponseNorm(nn.Module):
         return _LRNFunction.apply(x, self.band, self.size, self.k, self.alpha, self.beta)
 
     def extra_repr(self) -> str:
-        return (f"{self.band.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, "
-                f"k={self.k} (sum of squares)")
+        return (
+            f"{self.band.shape[0]}, size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k} (sum of squares)"
+        )

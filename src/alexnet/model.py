@@ -46,21 +46,21 @@ from .lrn import LocalResponseNorm
 
 @dataclass(frozen=True)
 class ConvSpec:
-    channels: int      # output channels at width 1.0
+    channels: int  # output channels at width 1.0
     kernel: int
     stride: int
     padding: int
-    groups: int        # 2 = the paper's two-GPU split (§3.2)
-    lrn: bool          # LRN after the ReLU (§3.3), when the model's `lrn` option is on
-    pool: bool         # max-pool after (§3.4)
+    groups: int  # 2 = the paper's two-GPU split (§3.2)
+    lrn: bool  # LRN after the ReLU (§3.3), when the model's `lrn` option is on
+    pool: bool  # max-pool after (§3.4)
 
 
 @dataclass(frozen=True)
 class Architecture:
     convs: tuple[ConvSpec, ...]
-    hidden: tuple[int, ...]        # fc6, fc7 widths at width 1.0
-    adaptive_pool: int | None      # torchvision's AdaptiveAvgPool2d size; None = no pooling
-    defaults: dict                 # ModelConfig fields this variant sets differently
+    hidden: tuple[int, ...]  # fc6, fc7 widths at width 1.0
+    adaptive_pool: int | None  # torchvision's AdaptiveAvgPool2d size; None = no pooling
+    defaults: dict  # ModelConfig fields this variant sets differently
 
 
 _PAPER_CONVS = (  # §3.5, Figure 2
@@ -235,9 +235,15 @@ def summarize(model: AlexNet, input_size: int | None = None) -> dict:
             macs = output[0].numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
         elif isinstance(module, nn.Linear):
             macs = module.in_features * module.out_features
-        rows.append({"name": names[module], "type": type(module).__name__, "output": list(shape),
-                     "params": sum(p.numel() for p in module.parameters(recurse=False)),
-                     "macs": macs})
+        rows.append(
+            {
+                "name": names[module],
+                "type": type(module).__name__,
+                "output": list(shape),
+                "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                "macs": macs,
+            }
+        )
 
     names = {m: n for n, m in model.named_modules() if n and not list(m.children())}
     handles = [m.register_forward_hook(hook) for m in names]
@@ -250,5 +256,10 @@ def summarize(model: AlexNet, input_size: int | None = None) -> dict:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {"model": cfg.name, "input": [cfg.in_channels, size, size], "layers": rows,
-            "params": count_parameters(model), "macs": sum(r["macs"] for r in rows)}
+    return {
+        "model": cfg.name,
+        "input": [cfg.in_channels, size, size],
+        "layers": rows,
+        "params": count_parameters(model),
+        "macs": sum(r["macs"] for r in rows),
+    }

@@ -25,6 +25,7 @@ class LrSchedule:
     onecycle: linear warm-up, then a cosine from 1 to 0 over the remaining steps: gets
               the most out of a short, fixed budget, such as the Fashion-MNIST recipe.
     """
+
     kind: str
     epochs: int
     steps_per_epoch: int
@@ -46,7 +47,7 @@ class LrSchedule:
         return {"step": self.step_factor, "onecycle": self.onecycle_factor}[self.kind](step)
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> "LrSchedule":
+    def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> LrSchedule:
         return cls(cfg.schedule, cfg.epochs, steps_per_epoch, cfg.step_epochs, cfg.warmup_epochs, cfg.steps)
 
 
@@ -56,8 +57,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     once per epoch with the error. step / onecycle: a LambdaLR stepped every batch."""
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience,
-            threshold=cfg.plateau_threshold, threshold_mode="abs", eps=0.0)
+            optimizer,
+            mode="min",
+            factor=0.1,
+            patience=cfg.plateau_patience,
+            threshold=cfg.plateau_threshold,
+            threshold_mode="abs",
+            eps=0.0,
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule.for_run(cfg, steps_per_epoch))
 
 
@@ -77,8 +84,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     # fused: the whole update in one kernel (CPU and CUDA), the same numbers as foreach;
     # 12 against 83 ms a step for the paper model's 61 M parameters on a 2-core CPU.
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, foreach=None if fused else True, fused=fused or None)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        foreach=None if fused else True,
+        fused=fused or None,
+    )
 
 
 def paper_momentum_at_drop(optimizer: torch.optim.SGD, old_lr: float, new_lr: float) -> None:
@@ -146,15 +159,19 @@ class Schedule:
         """Continue from a checkpoint's schedule; a new --lr scales it, and a new length
         (--epochs, --steps, --warmup-epochs, --step-epochs) applies from here on."""
         if before.schedule != self.cfg.schedule:
-            raise UserError(f"--schedule {self.cfg.schedule}: the checkpoint's run used "
-                            f"{before.schedule}; a run keeps its schedule (start a new run instead)")
+            raise UserError(
+                f"--schedule {self.cfg.schedule}: the checkpoint's run used "
+                f"{before.schedule}; a run keeps its schedule (start a new run instead)"
+            )
         self.scheduler.load_state_dict(state)
         if self.per_step:  # LambdaLR restores its function's fields from the checkpoint: ours win
             fn = self.scheduler.lr_lambdas[0]
             new = LrSchedule.for_run(self.cfg, self.steps_per_epoch)
             if vars(fn) != vars(new):
-                log(f"alexnet: schedule {self.cfg.schedule} rebuilt for {self._length(self.cfg)} "
-                    f"(was {self._length(before)}); it continues from step {self.scheduler.last_epoch}")
+                log(
+                    f"alexnet: schedule {self.cfg.schedule} rebuilt for {self._length(self.cfg)} "
+                    f"(was {self._length(before)}); it continues from step {self.scheduler.last_epoch}"
+                )
             fn.__dict__.update(vars(new))
         self._scale_lr(before.lr, log)
         if self.per_step:  # the lr of the next step, from the (possibly new) multipliers

@@ -21,16 +21,17 @@ import torch
 from tqdm import tqdm
 
 from .config import DataConfig
+from .data import load_split
 from .errors import UserError
 from .jsonio import write_json
-from .data import load_split
 from .store import FORMAT, MANIFEST
 
 SHARD_BYTES = 1 << 32  # 4 GiB of images per shard file
 
 
-def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int | None = None,
-         batch_size: int = 64, log=print) -> dict:
+def pack(
+    data: str, out: str, resize: int = 256, workers: int = -1, limit: int | None = None, batch_size: int = 64, log=print
+) -> dict:
     """Decode DATA's train/ and val/ into OUT; returns the manifest."""
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -39,8 +40,14 @@ def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int |
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     cfg = DataConfig(name=data, resize=resize, workers=workers)
-    manifest = {"format": FORMAT, "version": 1, "source": str(Path(data).resolve()), "resize": resize,
-                "channels": cfg.channels, "splits": {}}
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "source": str(Path(data).resolve()),
+        "resize": resize,
+        "channels": cfg.channels,
+        "splits": {},
+    }
     for split_name, train in (("train", True), ("val", False)):
         split = load_split(train, cfg, batch_size, limit=limit, ordered=True)
         manifest["classes"] = split.classes
@@ -63,10 +70,16 @@ def pack(data: str, out: str, resize: int = 256, workers: int = -1, limit: int |
         label_array = torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, np.int64)
         np.save(tmp / f"{split_name}-labels.npy", label_array, allow_pickle=False)
         unreadable = list(split.loader.unreadable)
-        manifest["splits"][split_name] = {"count": int(label_array.size), "shards": shards,
-                                          "unreadable": unreadable, "fingerprint": split.fingerprint}
-        log(f"alexnet: packed {label_array.size:,} {split_name} images"
-            + (f", skipped {len(unreadable)} unreadable" if unreadable else ""))
+        manifest["splits"][split_name] = {
+            "count": int(label_array.size),
+            "shards": shards,
+            "unreadable": unreadable,
+            "fingerprint": split.fingerprint,
+        }
+        log(
+            f"alexnet: packed {label_array.size:,} {split_name} images"
+            + (f", skipped {len(unreadable)} unreadable" if unreadable else "")
+        )
     write_json(tmp / MANIFEST, manifest)
     if out_dir.exists():  # empty (checked above): the finished store takes its place
         out_dir.rmdir()

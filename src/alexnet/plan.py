@@ -19,13 +19,13 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from .engine import grad_scaler
 from .errors import UserError
+from .runtime import grad_scaler
 
 # bf16 must be at least this much faster than fp32 to be chosen: it rounds more, and a
 # smaller gain is within the noise of a few timed steps on a shared machine.
@@ -48,16 +48,19 @@ PRECISION_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 @dataclass(frozen=True)
 class Precision:
-    amp: str                       # what the run uses: "off" (fp32), "bf16" or "fp16"
-    reason: str                    # why, for the run header and config.json
+    amp: str  # what the run uses: "off" (fp32), "bf16" or "fp16"
+    reason: str  # why, for the run header and config.json
     ms_per_step: dict[str, float] = field(default_factory=dict)  # measured, by candidate
 
     def describe(self) -> str:
         return f"precision {PRECISION_NAMES[self.amp]} ({self.reason})"
 
 
-def time_steps(steps: dict[str, Callable[[], None]], sync: Callable[[], None] = lambda: None,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def time_steps(
+    steps: dict[str, Callable[[], None]],
+    sync: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median seconds per call of each step function, calls alternating between them."""
     for fn in steps.values():
         for _ in range(WARMUP_STEPS):
@@ -76,8 +79,9 @@ def time_steps(steps: dict[str, Callable[[], None]], sync: Callable[[], None] = 
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def choose_precision(requested: str, device: torch.device,
-                     measure: Callable[[list[str]], dict[str, float]]) -> Precision:
+def choose_precision(
+    requested: str, device: torch.device, measure: Callable[[list[str]], dict[str, float]]
+) -> Precision:
     """The run's autocast precision. `measure(candidates)` returns seconds per training
     step for each candidate ("off", "bf16"); it is called only when the choice needs it."""
     if requested != "auto":
@@ -94,8 +98,9 @@ def choose_precision(requested: str, device: torch.device,
         return Precision("bf16", f"measured {speedup:.2f}x faster than fp32 on this CPU: {pair}", ms)
     if speedup < 1:
         return Precision("off", f"bf16 measured {1 / speedup:.2f}x slower on this CPU: {pair}", ms)
-    return Precision("off", f"bf16 measured only {speedup:.2f}x faster on this CPU ({pair}): "
-                     f"not worth its rounding", ms)
+    return Precision(
+        "off", f"bf16 measured only {speedup:.2f}x faster on this CPU ({pair}): not worth its rounding", ms
+    )
 
 
 def cuda_precision(bf16_supported: bool, name: str = "CUDA") -> Precision:
@@ -105,21 +110,27 @@ def cuda_precision(bf16_supported: bool, name: str = "CUDA") -> Precision:
     return Precision("fp16", f"{name} has no bf16: fp16 with a loss scaler")
 
 
-def training_step_timer(model: torch.nn.Module, make_optimizer: Callable, step: Callable,
-                        batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-                        ) -> Callable[[list[str]], dict[str, float]]:
+def training_step_timer(
+    model: torch.nn.Module,
+    make_optimizer: Callable,
+    step: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> Callable[[list[str]], dict[str, float]]:
     """measure(candidates) for choose_precision and plan_budget: real training steps
     (`step(model, optimizer, scaler, images, labels, amp)`) on copies of the model and its
     optimiser, with a real batch, so the run's own weights and random streams are untouched."""
+
     def measure(candidates: list[str]) -> dict[str, float]:
         fns = {}
         for amp in candidates:
             replica = copy.deepcopy(model)
             optimizer = make_optimizer(replica)
             scaler = grad_scaler(device, amp)
-            fns[amp] = (lambda r=replica, o=optimizer, s=scaler, a=amp: step(r, o, s, *batch, a))
+            fns[amp] = lambda r=replica, o=optimizer, s=scaler, a=amp: step(r, o, s, *batch, a)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             return time_steps(fns, sync=lambda: torch.cuda.synchronize(device) if device.type == "cuda" else None)
+
     return measure
 
 
@@ -139,15 +150,15 @@ def parse_budget(text: str) -> float:
 
 @dataclass(frozen=True)
 class BudgetPlan:
-    budget_s: float         # the whole training, from start to the final validation
-    spent_s: float          # before the first step (loading, measuring)
-    step_s: float           # measured seconds per training step
+    budget_s: float  # the whole training, from start to the final validation
+    spent_s: float  # before the first step (loading, measuring)
+    step_s: float  # measured seconds per training step
     steps_per_epoch: int
-    validation_s: float     # estimated seconds of one validation pass
-    validations: int        # how many the plan's epochs do
-    epochs: int             # epochs begun (the last may stop early)
-    steps: int              # optimizer steps in all: what fits (at most the recipe's epochs)
-    max_epochs: int = 0     # the recipe's epochs: the most a plan (or its revision) may take
+    validation_s: float  # estimated seconds of one validation pass
+    validations: int  # how many the plan's epochs do
+    epochs: int  # epochs begun (the last may stop early)
+    steps: int  # optimizer steps in all: what fits (at most the recipe's epochs)
+    max_epochs: int = 0  # the recipe's epochs: the most a plan (or its revision) may take
 
     @property
     def estimate_s(self) -> float:
@@ -156,12 +167,16 @@ class BudgetPlan:
     def describe(self) -> str:
         over = " (not even one epoch fits: one epoch)" if self.estimate_s > self.budget_s else ""
         whole, part = divmod(self.steps, self.steps_per_epoch)
-        length = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} of {self.steps_per_epoch} steps"
-                  if not part else f"{self.steps} steps ({whole} epochs of {self.steps_per_epoch} and "
-                  f"{part} steps)")
-        return (f"budget {format_seconds(self.budget_s)}: {length} at {self.step_s * 1000:.0f} ms a step, "
-                f"{self.validations} validation{'s' if self.validations != 1 else ''} of "
-                f"{self.validation_s:.1f} s, {format_seconds(self.estimate_s)} in all{over}")
+        length = (
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} of {self.steps_per_epoch} steps"
+            if not part
+            else f"{self.steps} steps ({whole} epochs of {self.steps_per_epoch} and {part} steps)"
+        )
+        return (
+            f"budget {format_seconds(self.budget_s)}: {length} at {self.step_s * 1000:.0f} ms a step, "
+            f"{self.validations} validation{'s' if self.validations != 1 else ''} of "
+            f"{self.validation_s:.1f} s, {format_seconds(self.estimate_s)} in all{over}"
+        )
 
 
 def validations(epochs: int, val_every: int) -> int:
@@ -171,9 +186,16 @@ def validations(epochs: int, val_every: int) -> int:
     return epochs // val_every + (1 if epochs % val_every else 0)
 
 
-def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch: int,
-                validation_s: float, max_epochs: int, val_every: int,
-                margin: float = BUDGET_MARGIN) -> BudgetPlan:
+def plan_budget(
+    budget_s: float,
+    spent_s: float,
+    step_s: float,
+    steps_per_epoch: int,
+    validation_s: float,
+    max_epochs: int,
+    val_every: int,
+    margin: float = BUDGET_MARGIN,
+) -> BudgetPlan:
     """The most steps (up to max_epochs whole epochs) whose training and validations fit in
     the budget less a safety margin, after `spent_s`; whole epochs first, then as many steps
     of one more epoch as fit (its validation counted); at least one epoch."""
@@ -191,8 +213,17 @@ def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch:
         extra = min(steps_per_epoch - 1, max(0, math.floor(left / step_s)))
         if extra > 0:
             epochs, steps = epochs + 1, steps + extra
-    return BudgetPlan(budget_s, spent_s, step_s, steps_per_epoch, validation_s,
-                      validations(epochs, val_every), epochs, steps, max_epochs)
+    return BudgetPlan(
+        budget_s,
+        spent_s,
+        step_s,
+        steps_per_epoch,
+        validation_s,
+        validations(epochs, val_every),
+        epochs,
+        steps,
+        max_epochs,
+    )
 
 
 # A plan is lengthened only when the run's pace leaves this much more room, and shortened
@@ -202,8 +233,16 @@ def plan_budget(budget_s: float, spent_s: float, step_s: float, steps_per_epoch:
 LENGTHEN_AT, SHORTEN_AT = 0.05, 0.01
 
 
-def revised_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float, planned: int,
-                  validation_s: float, most: int, margin: float = REVISE_MARGIN) -> int | None:
+def revised_steps(
+    budget_s: float,
+    elapsed_s: float,
+    steps_done: int,
+    step_s: float,
+    planned: int,
+    validation_s: float,
+    most: int,
+    margin: float = REVISE_MARGIN,
+) -> int | None:
     """The steps in all that fit the budget at the run's measured pace (seconds per step in
     its last epoch), at most `most`: fewer when the plan would end past the budget, more
     when it would end more than LENGTHEN_AT early; None when the plan stands."""

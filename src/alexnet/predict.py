@@ -2,8 +2,9 @@
 
 Images are converted to what the model was trained on: RGB for colour models, grayscale
 (luminance) for Fashion-MNIST's; then the evaluation path of §2 (shorter side to the
-training resize, the central square, mean subtraction, the centre crop). A Fashion-MNIST model expects a light garment on a dark
-background, as in its training images; ordinary photos are the other way round.
+training resize, the central square, mean subtraction, the centre crop). A Fashion-MNIST
+model expects a light garment on a dark background, as in its training images; ordinary
+photos are the other way round.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import torch
 from .augment import Preprocess
 from .checkpoint import load_inference
 from .data import load_image, stored_transform
-from .engine import autocast, resolve_device
 from .errors import UserError
+from .runtime import autocast, resolve_device
 
 
 @torch.no_grad()
-def predict(path: str, images: list[str], topk: int = 5, device: str = "auto",
-            batch_size: int = 64) -> list[dict]:
+def predict(path: str, images: list[str], topk: int = 5, device: str = "auto", batch_size: int = 64) -> list[dict]:
     """Top-k classes of each image; all or nothing: one unreadable image is a UserError.
 
     The images go through the model `batch_size` at a time, so that a long list of
@@ -34,19 +34,25 @@ def predict(path: str, images: list[str], topk: int = 5, device: str = "auto",
     preprocess = Preprocess(cfg.data, m.input_size, dev, cfg.train.channels_last, loaded.mean_image)
     results = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         batch = torch.stack([transform(load_image(p, m.in_channels)) for p in chunk])
         with autocast(dev, cfg.train.amp):
             logits = loaded.model(preprocess(batch.to(dev)))
         probs = torch.softmax(logits.float(), dim=1)
         finite = torch.isfinite(probs).all(dim=1)
         if not finite.all():
-            raise UserError(f"{path}: the model's outputs for {chunk[int((~finite).nonzero()[0])]} "
-                            "are not finite (NaN or infinity)")
+            raise UserError(
+                f"{path}: the model's outputs for {chunk[int((~finite).nonzero()[0])]} are not finite (NaN or infinity)"
+            )
         top = probs.topk(min(topk, len(classes)), dim=1)
-        results += [{"image": str(p),
-                     "predictions": [{"class": classes[i], "name": loaded.class_names[i],
-                                      "index": int(i), "probability": float(v)}
-                                     for v, i in zip(vals.tolist(), idx.tolist())]}
-                    for p, vals, idx in zip(chunk, top.values, top.indices)]
+        results += [
+            {
+                "image": str(p),
+                "predictions": [
+                    {"class": classes[i], "name": loaded.class_names[i], "index": int(i), "probability": float(v)}
+                    for v, i in zip(vals.tolist(), idx.tolist())
+                ],
+            }
+            for p, vals, idx in zip(chunk, top.values, top.indices)
+        ]
     return results

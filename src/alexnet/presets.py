@@ -37,10 +37,10 @@ from .model import model_config
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    model: dict          # "name" and ModelConfig options
+    model: dict  # "name" and ModelConfig options
     train: TrainConfig
-    augmentation: dict   # DataConfig fields: mean_image, lighting, translate, augment
-    pixel_scale: bool    # §2: raw 0..255 pixels minus the mean, no division by a std
+    augmentation: dict  # DataConfig fields: mean_image, lighting, translate, augment
+    pixel_scale: bool  # §2: raw 0..255 pixels minus the mean, no division by a std
     # The batch size the recipe's lr is for: another --batch-size scales it by
     # sqrt(batch / lr_batch) (Krizhevsky 2014, "One weird trick"), unless --lr is given.
     # None: never scaled (the paper's lr whatever the batch).
@@ -54,68 +54,86 @@ class Recipe:
 
 RECIPES = {
     # §5 trained in fp32: amp "off" keeps the arithmetic the paper's (--amp auto: bf16 where faster)
-    "paper": Recipe({"name": "paper"}, TrainConfig(amp="off", out="runs/alexnet"),
-                    {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True),
+    "paper": Recipe(
+        {"name": "paper"},
+        TrainConfig(amp="off", out="runs/alexnet"),
+        {"mean_image": True, "lighting": 0.1, "translate": 0},
+        pixel_scale=True,
+    ),
     # The default for a folder: the paper's recipe with the departures that let it train at
     # any batch size (docs/FIDELITY.md, "The image-folder default").
     "folder": Recipe(
-        {"name": "paper", "init": "caffe"}, TrainConfig(out="runs/alexnet"),
-        {"mean_image": True, "lighting": 0.1, "translate": 0}, pixel_scale=True, lr_batch=128,
+        {"name": "paper", "init": "caffe"},
+        TrainConfig(out="runs/alexnet"),
+        {"mean_image": True, "lighting": 0.1, "translate": 0},
+        pixel_scale=True,
+        lr_batch=128,
         why={
             "model.init": "Caffe's (biases 0.1, fc6/fc7 N(0, 0.005)): on real photos the paper's "
-                          "recipe diverged at batch 4 and 32, and the paper's init still blew up at "
-                          "batch 32 with a linearly scaled lr (docs/FIDELITY.md)",
-            "lr_batch": "Krizhevsky 2014 (\"One weird trick\"): 0.01 at batch 128, 0.005 at 32, 0.0018 "
-                        "at 4; the linear rule made Caffe's init crawl at batch 4 (docs/FIDELITY.md); "
-                        "--lr wins",
+            "recipe diverged at batch 4 and 32, and the paper's init still blew up at "
+            "batch 32 with a linearly scaled lr (docs/FIDELITY.md)",
+            "lr_batch": 'Krizhevsky 2014 ("One weird trick"): 0.01 at batch 128, 0.005 at 32, 0.0018 '
+            "at 4; the linear rule made Caffe's init crawl at batch 4 (docs/FIDELITY.md); "
+            "--lr wins",
             "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
-                         "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
-        }),
+            "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+        },
+    ),
     "fashion-mnist": Recipe(
         {"name": "small", "init": "kaiming", "width": 0.75, "dropout": 0.25},
-        TrainConfig(budget=300.0, epochs=30, val_every=0, eval_mirror=True, batch_size=96, lr=0.06,
-                    schedule="onecycle", warmup_epochs=0.5, label_smoothing=0.1, amp="auto",
-                    out="runs/fashion-mnist"),
+        TrainConfig(
+            budget=300.0,
+            epochs=30,
+            val_every=0,
+            eval_mirror=True,
+            batch_size=96,
+            lr=0.06,
+            schedule="onecycle",
+            warmup_epochs=0.5,
+            label_smoothing=0.1,
+            amp="auto",
+            out="runs/fashion-mnist",
+        ),
         # mirrors without random shifts (translate 0, as in the paper recipe): in runs this
         # short, shifts cost a point (docs/BENCHMARKS.md)
         {"mean_image": False, "lighting": 0.0, "translate": 0},
         pixel_scale=False,
         why={
             "model.name": "`small`: the paper's topology (LRN, overlapping pooling, groups, dropout) "
-                          "sized for 28x28 inputs (model.py)",
+            "sized for 28x28 inputs (model.py)",
             "model.input_size": "the images' own 28x28; the `paper` model would need them upsampled to 227",
             "model.init": "He init: N(0, 0.01) with biases 1 leaves this network's loss flat at ln 10 "
-                          "(docs/BENCHMARKS.md)",
+            "(docs/BENCHMARKS.md)",
             "model.width": "28-72-108-108-72 convolutions, 576 fc units: 1.4x the images/s of width 1 "
-                           "and the same accuracy in the same time (91.99 against 91.94%, "
-                           "docs/BENCHMARKS.md)",
+            "and the same accuracy in the same time (91.99 against 91.94%, "
+            "docs/BENCHMARKS.md)",
             "model.dropout": "§4.2 says 0.5; in runs this short 0.25 is as good (91.99% against 91.85% "
-                             "with 0.5, within one seed's noise; docs/BENCHMARKS.md)",
+            "with 0.5, within one seed's noise; docs/BENCHMARKS.md)",
             "data.mean_image": "the per-channel mean, which every run in docs/BENCHMARKS.md used; the "
-                               "28x28 mean image has not been compared",
+            "28x28 mean image has not been compared",
             "data.std": "inputs divided by their std: He init expects unit-scale inputs; raw pixels "
-                        "minus the mean did not train (9.85%, docs/BENCHMARKS.md)",
+            "minus the mean did not train (9.85%, docs/BENCHMARKS.md)",
             "data.lighting": "§4.1's PCA lighting is for RGB; on grayscale it is off either way "
-                             "(augment.py), and 0 says so",
+            "(augment.py), and 0 says so",
             "train.epochs": "an upper bound: the budget plans the epochs that fit, at most 30",
             "train.batch_size": "§5 says 128; 96 with a half-epoch warm-up (measured together) gave "
-                                "+0.2 points (docs/BENCHMARKS.md)",
+            "+0.2 points (docs/BENCHMARKS.md)",
             "train.lr": "with He init; +0.3 to +0.6 points over 0.04 (docs/BENCHMARKS.md)",
-            "train.schedule": "a fixed short budget: warm-up, then a cosine to zero, with no plateaus "
-                              "to wait for",
+            "train.schedule": "a fixed short budget: warm-up, then a cosine to zero, with no plateaus to wait for",
             "train.warmup_epochs": "half an epoch of linear warm-up before the cosine; with batch 96 "
-                                   "(measured together): +0.2 points (docs/BENCHMARKS.md)",
+            "(measured together): +0.2 points (docs/BENCHMARKS.md)",
             "train.label_smoothing": "not in the paper; with lr 0.04 it gave +0.2 points over lr 0.02 "
-                                     "without it, in ten epochs (docs/BENCHMARKS.md; the two changes "
-                                     "were measured together)",
+            "without it, in ten epochs (docs/BENCHMARKS.md; the two changes "
+            "were measured together)",
             "train.amp": "speed: on a CPU the faster of fp32 and bf16, timed at the start; bf16 on a "
-                         "CUDA card that has it (plan.py)",
+            "CUDA card that has it (plan.py)",
             "train.budget": "five minutes of training on whatever machine runs it (plan.py)",
             "train.val_every": "validate once, at the end: the budget goes to training (about ten "
-                               "validations of 3 s saved in a 10-epoch budget, docs/BENCHMARKS.md)",
+            "validations of 3 s saved in a 10-epoch budget, docs/BENCHMARKS.md)",
             "train.eval_mirror": "§4.1's test-time mirrors without its crops (28x28 leaves no margin): "
-                                 "+0.1 to +0.5 points (docs/BENCHMARKS.md)",
-        }),
+            "+0.1 to +0.5 points (docs/BENCHMARKS.md)",
+        },
+    ),
 }
 
 # The data each recipe is for: departures() resolves a recipe, and the paper recipe it is
@@ -143,8 +161,9 @@ def default_recipe(data: str) -> str:
     return "fashion-mnist" if is_fashion_mnist(DataConfig(name=data)) else "folder"
 
 
-def resolve(data: str, model: dict, data_overrides: dict, train_overrides: dict,
-            recipe: str | None = None) -> RunConfig:
+def resolve(
+    data: str, model: dict, data_overrides: dict, train_overrides: dict, recipe: str | None = None
+) -> RunConfig:
     """The recipe (default: the data's) with the user's choices on top (None: not given).
 
     Model options of the recipe apply only to the recipe's own variant: `--model paper`
@@ -177,10 +196,14 @@ def resolve(data: str, model: dict, data_overrides: dict, train_overrides: dict,
 
 # --- departures from the paper, generated from the recipes ------------------------------
 
+
 def _fields(cfg: RunConfig, recipe: Recipe) -> dict:
     """Every config field by its dotted name, and the recipe's lr rule as `lr_batch`."""
-    values = {f"{part}.{f.name}": getattr(getattr(cfg, part), f.name)
-              for part in ("model", "data", "train") for f in dataclasses.fields(getattr(cfg, part))}
+    values = {
+        f"{part}.{f.name}": getattr(getattr(cfg, part), f.name)
+        for part in ("model", "data", "train")
+        for f in dataclasses.fields(getattr(cfg, part))
+    }
     values["lr_batch"] = recipe.lr_batch
     return values
 
@@ -207,10 +230,14 @@ def reason_problems(name: str) -> list[str]:
     field that does not depart."""
     differ = {k for k, _, _ in differences(name)}
     why = RECIPES[name].why
-    return ([f"{name}: {k} differs from the paper recipe but has no reason in Recipe.why"
-             for k in sorted(differ) if not why.get(k, "").strip()]
-            + [f"{name}: Recipe.why gives a reason for {k}, which does not differ from the paper recipe"
-               for k in sorted(set(why) - differ)])
+    return [
+        f"{name}: {k} differs from the paper recipe but has no reason in Recipe.why"
+        for k in sorted(differ)
+        if not why.get(k, "").strip()
+    ] + [
+        f"{name}: Recipe.why gives a reason for {k}, which does not differ from the paper recipe"
+        for k in sorted(set(why) - differ)
+    ]
 
 
 def _show(field: str, value) -> str:
@@ -232,10 +259,9 @@ def _cell(text: str) -> str:
 
 
 _HEADINGS = {
-    "folder": "`--recipe folder`, the default for an image folder, against `--recipe paper` "
-              "on the same folder",
+    "folder": "`--recipe folder`, the default for an image folder, against `--recipe paper` on the same folder",
     "fashion-mnist": "`--recipe fashion-mnist`, the default for Fashion-MNIST, against `--recipe paper` "
-                     "on Fashion-MNIST",
+    "on Fashion-MNIST",
 }
 
 
@@ -245,16 +271,22 @@ def departures_markdown() -> str:
     problems = [p for name in RECIPES for p in reason_problems(name)]
     if problems:
         raise ValueError("; ".join(problems))
-    lines = ["<!-- generated from src/alexnet/presets.py by `python -m alexnet.presets --readme README.md`: "
-             "edit the recipes' `why` there, not this list -->"]
+    lines = [
+        "<!-- generated from src/alexnet/presets.py by `python -m alexnet.presets --readme README.md`: "
+        "edit the recipes' `why` there, not this list -->"
+    ]
     for name in RECIPES:
         rows = departures(name)
         if not rows:
             continue
-        lines += ["", f"{_HEADINGS.get(name, f'`--recipe {name}` against `--recipe paper`')}:", "",
-                  f"| setting | `paper` recipe | `{name}` | why |", "|---|---|---|---|"]
-        lines += [f"| `{k}` | {_cell(_show(k, p))} | {_cell(_show(k, v))} | {_cell(why)} |"
-                  for k, p, v, why in rows]
+        lines += [
+            "",
+            f"{_HEADINGS.get(name, f'`--recipe {name}` against `--recipe paper`')}:",
+            "",
+            f"| setting | `paper` recipe | `{name}` | why |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| `{k}` | {_cell(_show(k, p))} | {_cell(_show(k, v))} | {_cell(why)} |" for k, p, v, why in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +297,7 @@ def readme_block(text: str) -> str:
     """The text between README's departure markers (their own lines excluded)."""
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise ValueError(f"expected one {BEGIN} line followed by one {END} line")
-    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].removeprefix("\n")
+    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].removeprefix("\n")
 
 
 def update_readme(path: str | Path) -> bool:
@@ -276,14 +308,15 @@ def update_readme(path: str | Path) -> bool:
     new = departures_markdown()
     if old == new:
         return False
-    head, tail = text[:text.index(BEGIN) + len(BEGIN)], text[text.index(END):]
+    head, tail = text[: text.index(BEGIN) + len(BEGIN)], text[text.index(END) :]
     path.write_text(f"{head}\n{new}{tail}")
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alexnet.presets",
-                                description="Print the recipes' departures from the paper (markdown).")
+    p = argparse.ArgumentParser(
+        prog="python -m alexnet.presets", description="Print the recipes' departures from the paper (markdown)."
+    )
     p.add_argument("--readme", metavar="FILE", help="rewrite the block between the departure markers in FILE")
     args = p.parse_args(argv)
     if args.readme is None:

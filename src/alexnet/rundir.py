@@ -23,8 +23,19 @@ from .errors import UserError
 from .jsonio import write_json
 from .tblog import TensorBoard
 
-METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1",
-                 "val_top5", "epoch_seconds", "train_images_per_s", "health")
+METRIC_FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "train_images_per_s",
+    "health",
+)
 TEXT_FIELDS = ("health",)  # the others are numbers
 # what every metrics.csv has had (files of older versions lack step and health)
 REQUIRED_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1")
@@ -46,8 +57,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not Path(run_dir).is_dir():
         raise UserError(f"{path}: no such file ({run_dir} is not a directory)")
     if not path.is_file():
-        raise UserError(f"{path}: no such file (a run directory from `alexnet train` has one "
-                        "after its first epoch)")
+        raise UserError(f"{path}: no such file (a run directory from `alexnet train` has one after its first epoch)")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

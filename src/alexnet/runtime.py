@@ -1,10 +1,16 @@
-"""Process-wide settings that make CPU training faster; applied once by the CLI."""
+"""The machine: which device (resolve_device), the precision context (autocast, the loss
+scaler), and the process-wide allocator setting the CLI applies once (tune_allocator)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+
+import torch
+
+from .errors import UserError
 
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -26,3 +32,39 @@ def tune_allocator() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # config.AMP_MODES but "auto"
+
+
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA if there is a GPU, else Apple's MPS if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N or mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not mps_available():
+        raise UserError(f"--device {name}: Apple MPS is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device, amp: str):
+    """The one precision context of the project: autocast to bf16/fp16, or nothing (fp32)."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """A loss scaler, active only for fp16 (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")

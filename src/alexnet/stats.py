@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
 from .config import DataConfig
 from .data import Split, cache_dir, is_fashion_mnist
+from .jsonio import atomic_write
 
 
 def mean_image(split: Split) -> torch.Tensor:
@@ -49,8 +49,9 @@ def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log=print) -
     image = mean_image(split)
     for path in paths:  # next to the data if writable, else the run directory
         try:
-            atomic_write(path, lambda tmp: save_file({"mean_image": image}, tmp,
-                                                     metadata={"fingerprint": split.fingerprint}))
+            atomic_write(
+                path, lambda tmp: save_file({"mean_image": image}, tmp, metadata={"fingerprint": split.fingerprint})
+            )
             break
         except OSError:
             continue
@@ -59,7 +60,7 @@ def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log=print) -
 
 def rgb_pca(split: Split) -> tuple[list[float], list[list[float]]]:
     """Eigenvalues (descending) and eigenvectors (columns) of the 3x3 covariance of the RGB
-    values of every pixel of an ordered split, for RGB in [0, 1] as in PAPER.md."""
+    values of every pixel of an ordered split, for RGB in [0, 1] as in docs/PAPER.md."""
     s1 = torch.zeros(3, dtype=torch.float64)
     s2 = torch.zeros(3, 3, dtype=torch.float64)
     n = 0

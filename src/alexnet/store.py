@@ -85,5 +85,9 @@ def packed_split(train: bool, cfg: DataConfig, batches_for) -> Split:
     if len(labels) != len(images):
         raise UserError(f"{root}: {len(labels)} labels for {len(images)} {name} images")
     batches: ShardedBatches = batches_for(len(labels))
-    return Split(InMemoryLoader(images, labels, batches), list(manifest["classes"]), len(labels),
-                 fingerprint=f"packed-{split['fingerprint']}")
+    return Split(
+        InMemoryLoader(images, labels, batches),
+        list(manifest["classes"]),
+        len(labels),
+        fingerprint=f"packed-{split['fingerprint']}",
+    )

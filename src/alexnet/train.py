@@ -4,7 +4,7 @@
                   machine's decisions (_decide: precision and a budget's length, plan.py),
                   optimiser and schedule (optim.py), the run directory (rundir.py)
     _run_epoch    one epoch: engine.train_one_epoch, the budget kept to (_keep_to_budget),
-                  validation (engine.evaluate), the schedule's per-epoch decision, the
+                  validation (engine.evaluate_loader), the schedule's per-epoch decision, the
                   metrics row and the checkpoint
     _finish       the final weights, unreadable.txt and summary.json
 
@@ -17,9 +17,9 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -31,17 +31,26 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, save_weights
 from .config import RunConfig, TrainConfig
 from .data import is_fashion_mnist, load_split
 from .distributed import Dist
-from .engine import (AMP_DTYPES, Span, Stepper, Watch, autocast, evaluate, grad_scaler, resolve_device,
-                     train_one_epoch, train_step)
+from .engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch, train_step
 from .errors import Stopped, Unhealthy, UserError
 from .health import HealthMonitor
 from .imagenet import human_names
 from .loaders import Split
 from .model import AlexNet, count_parameters
 from .optim import Schedule, make_optimizer
-from .plan import (PRECISION_NAMES, BudgetPlan, Precision, choose_precision, format_seconds,
-                   plan_budget, revised_steps, time_steps, training_step_timer)
+from .plan import (
+    PRECISION_NAMES,
+    BudgetPlan,
+    Precision,
+    choose_precision,
+    format_seconds,
+    plan_budget,
+    revised_steps,
+    time_steps,
+    training_step_timer,
+)
 from .rundir import RunDir
+from .runtime import AMP_DTYPES, autocast, grad_scaler, resolve_device
 from .stats import cached_mean_image
 
 AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
@@ -74,6 +83,7 @@ class _StopSignals:
 class RunData:
     """What a run reads: its splits, the class names to show, the mean image (§2), and the
     training files a statistics pass could not read."""
+
     train: Split
     val: Split
     classes: list[str]
@@ -88,19 +98,20 @@ class RunData:
 @dataclass
 class Run:
     """The parts of a training run that its epochs share (built by _prepare)."""
+
     cfg: RunConfig
     d: Dist
     device: torch.device
     dir: RunDir
     data: RunData
     model: AlexNet
-    step: Stepper           # the network as trained, optimiser, scaler, preprocessing, precision
+    step: Stepper  # the network as trained, optimiser, scaler, preprocessing, precision
     schedule: Schedule
     health: HealthMonitor
-    started: float          # perf_counter at the start: a budget counts from here
+    started: float  # perf_counter at the start: a budget counts from here
     log: Callable
-    epoch: int = 0          # the next epoch (0-based)
-    first_step: int = 0     # its first batch (after a mid-epoch stop)
+    epoch: int = 0  # the next epoch (0-based)
+    first_step: int = 0  # its first batch (after a mid-epoch stop)
     best_top1: float = -1.0
     val: dict = field(default_factory=dict)  # the last validation's metrics
 
@@ -109,17 +120,10 @@ class Run:
         return len(self.data.train.loader)
 
 
-def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = None,
-          limit_val: int | None = None, strict: bool = False, ddp_bf16: bool = False) -> dict:
+def train(cfg: RunConfig) -> dict:
     """Run training as `cfg` says, alone or as one torchrun process; returns the summary
     (status, final validation metrics, paths). Raises Stopped after SIGTERM/SIGINT (a
-    checkpoint saved) and UserError for bad input or a run that diverged.
-
-    The keyword options are shorthands for the config's fields of the same names."""
-    cfg = dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, limit_train=limit_train or cfg.data.limit_train,
-                                      limit_val=limit_val or cfg.data.limit_val, strict=strict or cfg.data.strict),
-        train=dataclasses.replace(cfg.train, resume=resume or cfg.train.resume, ddp_bf16=ddp_bf16 or cfg.train.ddp_bf16))
+    checkpoint saved) and UserError for bad input or a run that diverged."""
     d, device_name = distributed.init(cfg.train.device)
     try:
         run = _prepare(cfg, d, resolve_device(device_name))
@@ -133,6 +137,7 @@ def train(cfg: RunConfig, resume: str | None = None, limit_train: int | None = N
 
 
 # ----------------------------------------------------------------------------- preparing
+
 
 def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     started = time.perf_counter()
@@ -149,10 +154,29 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     t = cfg.train
     optimizer = make_optimizer(model, t)
     schedule = Schedule(optimizer, t, len(data.train.loader))
-    step = Stepper(_wrap(model, t, d, device), optimizer, grad_scaler(device, t.amp), preprocess, device,
-                   t.amp, t.label_smoothing, schedule.after_step)
-    run = Run(cfg, d, device, RunDir(t.out, d.main), data, model, step, schedule,
-              HealthMonitor(len(data.classes), flat_steps=t.flat_steps), started, log)
+    step = Stepper(
+        _wrap(model, t, d, device),
+        optimizer,
+        grad_scaler(device, t.amp),
+        preprocess,
+        device,
+        t.amp,
+        t.label_smoothing,
+        schedule.after_step,
+    )
+    run = Run(
+        cfg,
+        d,
+        device,
+        RunDir(t.out, d.main),
+        data,
+        model,
+        step,
+        schedule,
+        HealthMonitor(len(data.classes), flat_steps=t.flat_steps),
+        started,
+        log,
+    )
     if ckpt is not None:
         _restore(run, ckpt)
     run.dir.start(cfg.to_dict(), run.epoch)
@@ -176,8 +200,10 @@ def _model_config(cfg: RunConfig, ckpt: dict | None) -> RunConfig:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_channels=cfg.data.channels))
     cfg = dataclasses.replace(cfg, model=RunConfig.from_dict(ckpt["config"]).model)
     if cfg.model.in_channels != cfg.data.channels:
-        raise UserError(f"{cfg.train.resume}: a {cfg.model.in_channels}-channel model cannot train on "
-                        f"{cfg.data.channels}-channel data {cfg.data.name}")
+        raise UserError(
+            f"{cfg.train.resume}: a {cfg.model.in_channels}-channel model cannot train on "
+            f"{cfg.data.channels}-channel data {cfg.data.name}"
+        )
     return cfg
 
 
@@ -250,12 +276,15 @@ def _restore(run: Run, ckpt: dict) -> None:
 
 def _header(run: Run) -> None:
     cfg, d, t = run.cfg, run.d, run.cfg.train
-    run.log(f"alexnet: model {cfg.model.name} ({count_parameters(run.model):,} parameters), "
-            f"{run.data.train.size:,} training / {run.data.val.size:,} validation images, "
-            f"{len(run.data.classes)} classes, device {run.device}"
-            f"{f' x {d.world} processes' if d.enabled else ''}, "
-            f"{'channels_last, ' if t.channels_last else ''}loader workers {run.data.train.loader.workers}, "
-            f"torch threads {torch.get_num_threads()}, schedule {t.schedule}, out {t.out}", flush=True)
+    run.log(
+        f"alexnet: model {cfg.model.name} ({count_parameters(run.model):,} parameters), "
+        f"{run.data.train.size:,} training / {run.data.val.size:,} validation images, "
+        f"{len(run.data.classes)} classes, device {run.device}"
+        f"{f' x {d.world} processes' if d.enabled else ''}, "
+        f"{'channels_last, ' if t.channels_last else ''}loader workers {run.data.train.loader.workers}, "
+        f"torch threads {torch.get_num_threads()}, schedule {t.schedule}, out {t.out}",
+        flush=True,
+    )
     for line in _plan_lines(cfg):
         run.log(f"alexnet: {line}", flush=True)
     if t.resume:
@@ -263,6 +292,7 @@ def _header(run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------- the machine's decisions
+
 
 def _decide(cfg: RunConfig, model, ckpt, data: RunData, preprocess, device, d, started, log) -> RunConfig:
     """The run's precision (--amp auto) and, for a budget, its epochs: measured here on copies
@@ -274,15 +304,23 @@ def _decide(cfg: RunConfig, model, ckpt, data: RunData, preprocess, device, d, s
         amp = before.train.amp if t.amp == "auto" else t.amp
         planned = t.budget is not None and before.plan.get("budget")
         epochs, steps = (before.train.epochs, before.train.steps) if planned else (t.epochs, t.steps)
-        plan = before.plan if amp == before.train.amp else {
-            **before.plan, "precision": {"amp": amp, "reason": "as asked when resuming"}}
-        return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps),
-                                   plan=plan)
+        plan = (
+            before.plan
+            if amp == before.train.amp
+            else {**before.plan, "precision": {"amp": amp, "reason": "as asked when resuming"}}
+        )
+        return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps), plan=plan)
     if t.amp == "auto" or t.budget is not None:
         plan = _measure_plan(cfg, model, data, preprocess, device, started) if d.main else {}
         amp_index, epochs, steps = distributed.all_sum(  # the main process's decisions, for all
-            [float(AMP_ORDER.index(plan["precision"]["amp"])) if d.main else 0.0,
-             float(plan["epochs"]) if d.main else 0.0, float(plan["steps"] or 0) if d.main else 0.0], device, d)
+            [
+                float(AMP_ORDER.index(plan["precision"]["amp"])) if d.main else 0.0,
+                float(plan["epochs"]) if d.main else 0.0,
+                float(plan["steps"] or 0) if d.main else 0.0,
+            ],
+            device,
+            d,
+        )
         amp, epochs, steps = AMP_ORDER[int(amp_index)], int(epochs), int(steps) or None
     else:
         plan, amp, epochs, steps = {"precision": {"amp": t.amp, "reason": "as asked"}}, t.amp, t.epochs, t.steps
@@ -301,16 +339,27 @@ def _measure_plan(cfg: RunConfig, model, data: RunData, preprocess, device, star
 
     measure = training_step_timer(model, lambda m: make_optimizer(m, t), step, (images, labels), device)
     precision: Precision = choose_precision(t.amp, device, measure)
-    plan = {"precision": {"amp": precision.amp, "reason": precision.reason,
-                          "ms_per_step": precision.ms_per_step}, "epochs": t.epochs, "steps": t.steps}
+    plan = {
+        "precision": {"amp": precision.amp, "reason": precision.reason, "ms_per_step": precision.ms_per_step},
+        "epochs": t.epochs,
+        "steps": t.steps,
+    }
     if t.budget is None:
         return plan
-    step_s = (precision.ms_per_step[precision.amp] / 1000 if precision.ms_per_step
-              else measure([precision.amp])[precision.amp])
-    budget: BudgetPlan = plan_budget(t.budget, time.perf_counter() - started, step_s, len(data.train.loader),
-                                     _validation_seconds(model, data.val, preprocess, device, precision.amp,
-                                                         t.eval_mirror),
-                                     t.epochs, t.val_every)
+    step_s = (
+        precision.ms_per_step[precision.amp] / 1000
+        if precision.ms_per_step
+        else measure([precision.amp])[precision.amp]
+    )
+    budget: BudgetPlan = plan_budget(
+        t.budget,
+        time.perf_counter() - started,
+        step_s,
+        len(data.train.loader),
+        _validation_seconds(model, data.val, preprocess, device, precision.amp, t.eval_mirror),
+        t.epochs,
+        t.val_every,
+    )
     plan["budget"] = dataclasses.asdict(budget)
     plan["epochs"] = budget.epochs
     plan["steps"] = budget.steps if budget.steps != budget.epochs * budget.steps_per_epoch else None
@@ -328,6 +377,7 @@ def _validation_seconds(model, val_split: Split, preprocess, device, amp: str, m
         with torch.no_grad(), autocast(device, amp):
             for view in preprocess.views(images, mirror):
                 model(view)
+
     try:
         per_batch = time_steps({"eval": forward})["eval"]
     finally:
@@ -342,15 +392,22 @@ def _plan_lines(cfg: RunConfig) -> list[str]:
     lines = [f"precision {PRECISION_NAMES[t.amp]} ({reason})"]
     budget = plan.get("budget")
     if budget:
-        lines.append(BudgetPlan(**budget).describe() + f"; repeat exactly with --epochs {t.epochs} "
-                     + (f"--steps {t.steps} " if t.steps else "") + f"--amp {t.amp}")
+        lines.append(
+            BudgetPlan(**budget).describe()
+            + f"; repeat exactly with --epochs {t.epochs} "
+            + (f"--steps {t.steps} " if t.steps else "")
+            + f"--amp {t.amp}"
+        )
     if t.val_every != 1:
-        lines.append("validation " + ("after the last epoch only" if t.val_every == 0
-                                      else f"every {t.val_every} epochs and after the last"))
+        lines.append(
+            "validation "
+            + ("after the last epoch only" if t.val_every == 0 else f"every {t.val_every} epochs and after the last")
+        )
     return lines
 
 
 # ----------------------------------------------------------------------------- one epoch
+
 
 def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     """Train one epoch, keep to the budget, validate, let the schedule decide, record it.
@@ -363,8 +420,9 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     if tr["stopped"]:  # mid-epoch: save where we are, resume continues with the next batch
         _stop(run, signals, {"epoch": epoch, "step_in_epoch": tr["steps"]})
     if run.cfg.plan.get("budget"):
-        _keep_to_budget(run, epoch * run.steps_per_epoch + tr["steps"],
-                        tr["seconds"] / max(1, tr["steps"] - run.first_step))
+        _keep_to_budget(
+            run, epoch * run.steps_per_epoch + tr["steps"], tr["seconds"] / max(1, tr["steps"] - run.first_step)
+        )
     run.first_step = 0
     validate = _validates(run.cfg.train, epoch)
     if validate:
@@ -372,8 +430,9 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     drop = run.schedule.end_epoch(run.val.get("top1_error"))
     if drop:
         run.log(f"alexnet: {drop}")
-    row = _metrics_row(run, tr, lr_used, validate, time.perf_counter() - epoch_started,
-                       run.health.events[events_before:])
+    row = _metrics_row(
+        run, tr, lr_used, validate, time.perf_counter() - epoch_started, run.health.events[events_before:]
+    )
     run.log(_epoch_line(run, row, tr, validate), flush=True)
     is_best = validate and run.val["top1"] > run.best_top1
     if validate:
@@ -392,8 +451,14 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
 def _train_epoch(run: Run, signals: _StopSignals) -> dict:
     t, epoch = run.cfg.train, run.epoch
     span = Span(epoch, run.first_step, _last_step(t, epoch, run.steps_per_epoch), t.seed)
-    watch = Watch(run.d, run.health, t.log_every, run.d.main, lambda: signals.received is not None,
-                  desc=f"epoch {epoch + 1}/{t.epochs}")
+    watch = Watch(
+        run.d,
+        run.health,
+        t.log_every,
+        run.d.main,
+        lambda: signals.received is not None,
+        desc=f"epoch {epoch + 1}/{t.epochs}",
+    )
     try:
         return train_one_epoch(run.step, run.data.train.loader, span, watch)
     except Unhealthy as e:
@@ -401,8 +466,17 @@ def _train_epoch(run: Run, signals: _StopSignals) -> dict:
 
 
 def _validate(run: Run, epoch: int) -> None:
-    run.val = evaluate(run.model, run.data.val.loader, run.step.preprocess, run.device, run.cfg.train.amp,
-                       desc="validate", mirror=run.cfg.train.eval_mirror, d=run.d, show=run.d.main)
+    run.val = evaluate_loader(
+        run.model,
+        run.data.val.loader,
+        run.step.preprocess,
+        run.device,
+        run.cfg.train.amp,
+        desc="validate",
+        mirror=run.cfg.train.eval_mirror,
+        d=run.d,
+        show=run.d.main,
+    )
     event = run.health.validation(epoch + 1, run.val["loss"])
     if event is not None:  # the epoch's weights are not kept
         _diverged(run, event.message)
@@ -411,24 +485,36 @@ def _validate(run: Run, epoch: int) -> None:
 def _metrics_row(run: Run, tr: dict, lr_used: float, validate: bool, seconds: float, events) -> dict:
     """metrics.csv's row of the epoch just trained (rundir.METRIC_FIELDS)."""
     val = run.val
-    return {"epoch": run.epoch + 1, "step": run.epoch * run.steps_per_epoch + tr["steps"], "lr": lr_used,
-            "train_loss": tr["loss"], "train_acc": tr["acc"],
-            **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if validate else {}),
-            "epoch_seconds": seconds, "train_images_per_s": tr["images_per_s"],
-            "health": " ".join(e.kind for e in events)}
+    return {
+        "epoch": run.epoch + 1,
+        "step": run.epoch * run.steps_per_epoch + tr["steps"],
+        "lr": lr_used,
+        "train_loss": tr["loss"],
+        "train_acc": tr["acc"],
+        **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if validate else {}),
+        "epoch_seconds": seconds,
+        "train_images_per_s": tr["images_per_s"],
+        "health": " ".join(e.kind for e in events),
+    }
 
 
 def _epoch_line(run: Run, row: dict, tr: dict, validate: bool) -> str:
     t, val = run.cfg.train, run.val
     if validate:
-        checked = (f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}"
-                   + (f" ({val['unreadable']} unreadable skipped)" if val["unreadable"] else ""))
+        checked = f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" + (
+            f" ({val['unreadable']} unreadable skipped)" if val["unreadable"] else ""
+        )
     else:
         checked = "validation at the end" if t.val_every == 0 else "not validated"
-    budget = (f", {format_seconds(time.perf_counter() - run.started)} of the {format_seconds(t.budget)} budget"
-              if run.cfg.plan.get("budget") else "")
-    return (f"epoch {row['epoch']}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | {checked} | "
-            f"{tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s{budget}")
+    budget = (
+        f", {format_seconds(time.perf_counter() - run.started)} of the {format_seconds(t.budget)} budget"
+        if run.cfg.plan.get("budget")
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | {checked} | "
+        f"{tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s{budget}"
+    )
 
 
 def _last_step(t: TrainConfig, epoch: int, steps_per_epoch: int) -> int:
@@ -453,31 +539,50 @@ def _keep_to_budget(run: Run, steps_done: int, step_s: float) -> None:
     cfg, d = run.cfg, run.d
     t, budget, per_epoch = cfg.train, cfg.plan["budget"], run.steps_per_epoch
     planned = t.steps or t.epochs * per_epoch
-    new = revised_steps(budget["budget_s"], time.perf_counter() - run.started, steps_done, step_s, planned,
-                        budget["validation_s"], most=budget["max_epochs"] * per_epoch) if d.main else None
+    new = (
+        revised_steps(
+            budget["budget_s"],
+            time.perf_counter() - run.started,
+            steps_done,
+            step_s,
+            planned,
+            budget["validation_s"],
+            most=budget["max_epochs"] * per_epoch,
+        )
+        if d.main
+        else None
+    )
     new = int(distributed.all_sum([float(new or 0)], run.device, d)[0]) or None  # the main process decides
     if new is None:
         return
-    run.log(f"alexnet: {'behind' if new < planned else 'ahead of'} the plan ({step_s * 1000:.0f} ms a step "
-            f"against {budget['step_s'] * 1000:.0f}): {new} steps instead of {planned}, to end with the budget")
-    plan = {**cfg.plan, "revised": {"steps": new, "planned_steps": planned, "at_step": steps_done,
-                                    "step_s": step_s}}
-    run.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=new, epochs=-(-new // per_epoch)),
-                                  plan=plan)
+    run.log(
+        f"alexnet: {'behind' if new < planned else 'ahead of'} the plan ({step_s * 1000:.0f} ms a step "
+        f"against {budget['step_s'] * 1000:.0f}): {new} steps instead of {planned}, to end with the budget"
+    )
+    plan = {**cfg.plan, "revised": {"steps": new, "planned_steps": planned, "at_step": steps_done, "step_s": step_s}}
+    run.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=new, epochs=-(-new // per_epoch)), plan=plan)
     run.schedule.set_length(run.cfg.train)
     run.dir.write_config(run.cfg.to_dict())  # config.json says what the run does
 
 
 # ----------------------------------------------------------------------------- saving and ending
 
+
 def _save(run: Run, position: dict, best: bool = False) -> None:
     """A training checkpoint: the config (so that it alone rebuilds the model), the weights,
     optimiser, schedule, scaler and health state, and where in the run it was taken."""
-    state = {"config": run.cfg.to_dict(), "classes": run.data.classes,
-             "class_names": run.data.class_names or run.data.classes, "model": run.model.state_dict(),
-             "optimizer": run.step.optimizer.state_dict(), "scheduler": run.schedule.state_dict(),
-             "scaler": run.step.scaler.state_dict(), "best_top1": run.best_top1,
-             "health": run.health.state_dict(), **position}
+    state = {
+        "config": run.cfg.to_dict(),
+        "classes": run.data.classes,
+        "class_names": run.data.class_names or run.data.classes,
+        "model": run.model.state_dict(),
+        "optimizer": run.step.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "scaler": run.step.scaler.state_dict(),
+        "best_top1": run.best_top1,
+        "health": run.health.state_dict(),
+        **position,
+    }
     if run.data.mean_image is not None:
         state["mean_image"] = run.data.mean_image.cpu()
     run.dir.save(state, best)
@@ -496,16 +601,19 @@ def _stop(run: Run, signals: _StopSignals, position: dict | None) -> None:
 def _diverged(run: Run, message: str) -> None:
     """Stop a diverged run: the last checkpoint (of the last healthy epoch) stays as it is."""
     _summary(run, "diverged")
-    kept = (f"the last good checkpoint is {run.dir.last}" if run.dir.last.is_file()
-            else "no checkpoint was written")
+    kept = f"the last good checkpoint is {run.dir.last}" if run.dir.last.is_file() else "no checkpoint was written"
     raise UserError(f"{message} ({kept})")
 
 
 def _summary(run: Run, status: str, **fields) -> dict:
     """OUT/summary.json: how the run ended (done, finished with warnings, stopped, diverged),
     what the health checks saw, and the final metrics; strict JSON (jsonio)."""
-    summary = {"status": status, "seconds": time.perf_counter() - run.started, **fields,
-               "health": [e.to_dict() for e in run.health.events]}
+    summary = {
+        "status": status,
+        "seconds": time.perf_counter() - run.started,
+        **fields,
+        "health": [e.to_dict() for e in run.health.events],
+    }
     run.dir.write_summary(summary)
     return summary
 
@@ -516,15 +624,22 @@ def _finish(run: Run) -> dict:
     unreadable = run.data.all_unreadable()
     listed = run.dir.write_unreadable(unreadable)
     if listed:
-        run.log(f"alexnet: skipped {len(unreadable)} unreadable training files, listed in {listed}:\n  "
-                + "\n  ".join(unreadable[:10]))
+        run.log(
+            f"alexnet: skipped {len(unreadable)} unreadable training files, listed in {listed}:\n  "
+            + "\n  ".join(unreadable[:10])
+        )
     if run.d.main:
-        save_weights(run.dir.weights, run.model, run.cfg, run.data.classes, run.data.mean_image,
-                     run.data.class_names)
+        save_weights(run.dir.weights, run.model, run.cfg, run.data.classes, run.data.mean_image, run.data.class_names)
     warnings = [e for e in run.health.events if not e.fatal]
     t = run.cfg.train
-    summary = _summary(run, "finished with warnings" if warnings else "done", val=run.val,
-                       epochs_done=run.epoch, budget=t.budget if run.cfg.plan.get("budget") else None,
-                       checkpoint=str(run.dir.last), unreadable=len(unreadable))
+    summary = _summary(
+        run,
+        "finished with warnings" if warnings else "done",
+        val=run.val,
+        epochs_done=run.epoch,
+        budget=t.budget if run.cfg.plan.get("budget") else None,
+        checkpoint=str(run.dir.last),
+        unreadable=len(unreadable),
+    )
     distributed.barrier(run.d)
     return {**summary, "out": str(run.dir.out), "unreadable": unreadable, "warnings": warnings}

@@ -157,7 +157,7 @@ def bench_small(args, device, sync) -> None:
     multiply-adds, 2 FLOPs each) and their fraction of the fp32 matmul peak."""
     from alexnet.engine import train_step
     from alexnet.model import summarize
-    from alexnet.presets import resolve
+    from alexnet.recipes import resolve
 
     cfg = resolve("fashion-mnist", {}, {}, {})
     m, b = cfg.model, cfg.train.batch_size

@@ -2,7 +2,7 @@
 
 `train`'s options are derived from the config dataclasses (config.py): one option per
 field, with the field's type, its help (which cites the paper) and each recipe's default
-(presets.py); `summary` takes the model's. A bad value is refused before any work, in one
+(recipes.py); `summary` takes the model's. A bad value is refused before any work, in one
 line naming the option. The work itself lives in the modules named by each command.
 """
 
@@ -18,7 +18,7 @@ from .config import AMP_MODES, DataConfig, ModelConfig, TrainConfig
 from .errors import Stopped, UserError
 from .jsonio import to_json, write_json
 from .plan import format_seconds, parse_budget
-from .presets import RECIPE_DATA, RECIPES, resolve
+from .recipes import RECIPE_DATA, RECIPES, resolve
 
 EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -231,7 +231,7 @@ def cmd_summary(args) -> None:
 
 def cmd_pca(args) -> None:
     from .data import load_split
-    from .presets import data_defaults
+    from .recipes import data_defaults
     from .stats import rgb_pca
 
     cfg = dataclasses.replace(data_defaults(args.data), data_dir=args.data_dir, workers=args.workers)

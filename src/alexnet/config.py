@@ -4,7 +4,7 @@ a run trains (TrainConfig); RunConfig holds the three and what the run decided.
 Frozen dataclasses. Checkpoints carry them as plain dicts, so a checkpoint alone rebuilds
 its model (nanoGPT style). Each field's default and its help text (field metadata, which
 the command line shows: cli.py derives `alexnet train`'s options from these fields) cite
-the paper's section (docs/PAPER.md); departures say so. The recipes (presets.py) set other
+the paper's section (docs/PAPER.md); departures say so. The recipes (recipes.py) set other
 defaults on top; `alexnet train --help` shows each recipe's.
 """
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .jsonio import write_json
-from .presets import resolve
+from .recipes import resolve
 from .rundir import read_metrics
 
 # The training error a linear classifier reaches on Fashion-MNIST (logistic regression is

@@ -192,7 +192,7 @@ def init_weights(model: AlexNet, scheme: str) -> None:
             std 0.005 (Caffe reported a flat loss with bias 1).
     torch   PyTorch's default layer init, which torchvision's AlexNet uses.
     kaiming He-normal weights (fan-in, ReLU gain), zero biases: for deep nets without
-            normalisation trained briefly from scratch, such as the Fashion-MNIST preset.
+            normalisation trained briefly from scratch, such as the Fashion-MNIST recipe.
     """
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.classifier if isinstance(m, nn.Linear)]

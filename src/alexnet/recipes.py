@@ -17,7 +17,7 @@ read (files, channels, per-channel statistics, stored size).
 Every way a recipe departs from `paper` carries its reason in the recipe itself
 (`Recipe.why`, keyed by config field). `departures(name)` compares the recipe's resolved
 config with the paper recipe's on the same data, field by field; `departures_markdown()`
-renders that as README's list, and `python -m alexnet.presets --readme README.md`
+renders that as README's list, and `python -m alexnet.recipes --readme README.md`
 rewrites it there (tests/test_departures.py keeps the three in step).
 """
 
@@ -272,7 +272,7 @@ def departures_markdown() -> str:
     if problems:
         raise ValueError("; ".join(problems))
     lines = [
-        "<!-- generated from src/alexnet/presets.py by `python -m alexnet.presets --readme README.md`: "
+        "<!-- generated from src/alexnet/recipes.py by `python -m alexnet.recipes --readme README.md`: "
         "edit the recipes' `why` there, not this list -->"
     ]
     for name in RECIPES:
@@ -315,7 +315,7 @@ def update_readme(path: str | Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m alexnet.presets", description="Print the recipes' departures from the paper (markdown)."
+        prog="python -m alexnet.recipes", description="Print the recipes' departures from the paper (markdown)."
     )
     p.add_argument("--readme", metavar="FILE", help="rewrite the block between the departure markers in FILE")
     args = p.parse_args(argv)

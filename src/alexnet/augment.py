@@ -36,7 +36,7 @@ class Crops(NamedTuple):
     size: int
 
 
-def random_crops(n: int, h: int, w: int, size: int, device) -> Crops:
+def random_crops(n: int, h: int, w: int, size: int, device: torch.device | str) -> Crops:
     """Random size x size crops of h x w images, each mirrored with p = 0.5 (§4.1)."""
     if size > min(h, w):
         raise ValueError(f"crop {size} is larger than the {h}x{w} images")
@@ -123,7 +123,7 @@ class Preprocess:
         device: torch.device,
         channels_last: bool = True,
         mean_image: torch.Tensor | None = None,
-    ):
+    ) -> None:
         c = data.channels
         if mean_image is not None:  # (1, C, H, W): per pixel (§2)
             self.mean = mean_image.to(device, torch.float32).view(1, c, *mean_image.shape[-2:])

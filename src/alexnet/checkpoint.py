@@ -67,7 +67,7 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: empty file, not a checkpoint")
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A training checkpoint as a dict, or a one-line UserError saying what is wrong."""
     path = Path(path)
     _check_file(path)

@@ -29,7 +29,7 @@ TYPES = {"int": int, "float": float, "str": str}
 class _Help(argparse.HelpFormatter):
     """Shows a default only where there is one (never "(default: None)")."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return text
@@ -43,7 +43,7 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
@@ -75,7 +75,7 @@ def recipe_defaults() -> dict[str, str]:
 
 
 def add_config_options(
-    group,
+    group: argparse._ArgumentGroup,
     section: str,
     defaults: dict[str, str] | None = None,
     fields: list[str] | None = None,
@@ -103,7 +103,7 @@ def add_config_options(
         group.add_argument(_flag(f), dest=key, default=None, help=help_text, **kw)
 
 
-def config_options(args, section: str) -> dict:
+def config_options(args: argparse.Namespace, section: str) -> dict:
     """The options of `section` the user gave: {field: value}."""
     prefix = section + "."
     return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
@@ -129,7 +129,7 @@ def _read_pca(path: str | None) -> dict:
     return {"pca_eigval": eigval, "pca_eigvec": eigvec}
 
 
-def _print_json_or(args, result, text: str) -> None:
+def _print_json_or(args: argparse.Namespace, result: object, text: str) -> None:
     print(to_json(result) if args.json else text)
 
 
@@ -140,7 +140,7 @@ def _size(r: dict) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_train(args) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
     data = config_options(args, "data")
@@ -170,7 +170,7 @@ def cmd_train(args) -> None:
             print(f"  warning: {event.message}")
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(
@@ -197,7 +197,7 @@ def cmd_evaluate(args) -> None:
     )
 
 
-def cmd_predict(args) -> None:
+def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     results = predict(args.checkpoint, args.images, args.topk, args.device)
@@ -211,7 +211,7 @@ def cmd_predict(args) -> None:
     _print_json_or(args, results, "\n".join(lines))
 
 
-def cmd_summary(args) -> None:
+def cmd_summary(args: argparse.Namespace) -> None:
     from .model import build_model, summarize
 
     options = config_options(args, "model")
@@ -229,7 +229,7 @@ def cmd_summary(args) -> None:
     _print_json_or(args, s, "\n".join(lines))
 
 
-def cmd_pca(args) -> None:
+def cmd_pca(args: argparse.Namespace) -> None:
     from .data import load_split
     from .recipes import data_defaults
     from .stats import rgb_pca
@@ -244,28 +244,28 @@ def cmd_pca(args) -> None:
     print(to_json(result))
 
 
-def cmd_pack(args) -> None:
+def cmd_pack(args: argparse.Namespace) -> None:
     from .pack import pack
 
     pack(args.data, args.out, args.resize, args.workers, args.limit)
     print(f"alexnet: train from it with --data {args.out}")
 
 
-def cmd_samples(args) -> None:
+def cmd_samples(args: argparse.Namespace) -> None:
     from .data import write_samples
 
     paths = write_samples(DataConfig(name=args.data, data_dir=args.data_dir), args.count, args.out)
     print("\n".join(str(p) for p in paths))
 
 
-def cmd_import_torchvision(args) -> None:
+def cmd_import_torchvision(args: argparse.Namespace) -> None:
     from .interop import import_torchvision
 
     r = import_torchvision(args.weights, args.out, args.classes)
     print(f"{r['checkpoint']}: owt model with {r['classes']} classes from {r['weights']}")
 
 
-def cmd_export(args) -> None:
+def cmd_export(args: argparse.Namespace) -> None:
     from .interop import export_onnx
 
     r = export_onnx(args.checkpoint, args.onnx, args.batch_size)
@@ -275,7 +275,7 @@ def cmd_export(args) -> None:
     )
 
 
-def cmd_experiment(args) -> None:
+def cmd_experiment(args: argparse.Namespace) -> None:
     from .experiments import EXPERIMENTS, run, table
 
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
@@ -292,7 +292,7 @@ def cmd_experiment(args) -> None:
         )
 
 
-def cmd_filters(args) -> None:
+def cmd_filters(args: argparse.Namespace) -> None:
     from .figures import filters_command
 
     r = filters_command(args.checkpoint, args.out)
@@ -300,7 +300,7 @@ def cmd_filters(args) -> None:
     _print_json_or(args, r, f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), {_size(r)}")
 
 
-def cmd_neighbors(args) -> None:
+def cmd_neighbors(args: argparse.Namespace) -> None:
     from .figures import neighbors_command
 
     r = neighbors_command(
@@ -326,7 +326,7 @@ def cmd_neighbors(args) -> None:
     _print_json_or(args, r, "\n".join(lines))
 
 
-def cmd_plot(args) -> None:
+def cmd_plot(args: argparse.Namespace) -> None:
     from .figures import draw_curves
 
     r = draw_curves(args.run_dir, args.out)
@@ -336,7 +336,7 @@ def cmd_plot(args) -> None:
 # ----------------------------------------------------------------------------- the parser
 
 
-def _add_train(sub) -> None:
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model",
@@ -361,7 +361,7 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_inference(sub) -> None:
+def _add_inference(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a checkpoint", formatter_class=_Help)
     p.add_argument("checkpoint")
     p.add_argument("--data", help="default: what the checkpoint was trained on")
@@ -405,7 +405,7 @@ def _add_inference(sub) -> None:
     p.set_defaults(func=cmd_summary)
 
 
-def _add_data(sub) -> None:
+def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pca", help="eigenvalues/vectors of a folder's RGB covariance (§4.1)", formatter_class=_Help)
     p.add_argument("data", help="ImageNet-style folder (its train/ split is used)")
     p.add_argument("--data-dir")
@@ -430,7 +430,7 @@ def _add_data(sub) -> None:
     p.set_defaults(func=cmd_samples)
 
 
-def _add_interop(sub) -> None:
+def _add_interop(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-torchvision", help="turn torchvision AlexNet weights into a checkpoint")
     p.add_argument("weights", metavar="WEIGHTS", help="a torchvision AlexNet state dict, e.g. alexnet-owt-7be5be79.pth")
     p.add_argument("out", metavar="OUT", help="the alexnet checkpoint to write (.pt)")
@@ -450,7 +450,7 @@ def _add_interop(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _add_studies(sub) -> None:
+def _add_studies(sub: argparse._SubParsersAction) -> None:
     from .experiments import EXPERIMENTS, FULL, QUICK
 
     p = sub.add_parser("experiment", help="the paper's ablations: " + ", ".join(EXPERIMENTS), formatter_class=_Help)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ACTIVATIONS = ("relu", "tanh")
 POOLINGS = ("overlap", "nonoverlap")
@@ -29,13 +32,13 @@ IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
 IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 
-def option(default, help: str, cli: bool = True, **argparse_kw):
+def option(default: Any, help: str, cli: bool = True, **argparse_kw: Any) -> Any:
     """A config field with its help text; cli=False: not a command-line option (set by the
     data, the recipe or another option). argparse_kw (choices, metavar, flag) go to cli.py."""
     return field(default=default, metadata={"help": help, "cli": cli, **argparse_kw})
 
 
-def _check(config, checks: list[tuple[bool, str]]) -> None:
+def _check(config: object, checks: list[tuple[bool, str, str]]) -> None:
     """ValueError naming the field and its value for the first failed check."""
     for ok, name, rule in checks:
         if not ok:
@@ -49,7 +52,7 @@ class _Dictable:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})  # ignores retired fields
 
@@ -81,7 +84,7 @@ class ModelConfig(_Dictable):
         choices=INITS,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(
             self,
             [
@@ -160,7 +163,7 @@ class DataConfig(_Dictable):
         """Image channels the data is read with: one mean per channel."""
         return len(self.mean)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(
             self,
             [
@@ -286,7 +289,7 @@ class TrainConfig(_Dictable):
         False, "under torchrun: compress the gradient all-reduce to bf16 (docs/SCALING.md)", group=RUN
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(
             self,
             [

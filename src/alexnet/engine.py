@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,12 @@ from .errors import Unhealthy
 from .health import HealthMonitor
 from .runtime import autocast
 
+if TYPE_CHECKING:
+    from .augment import Preprocess
+    from .loaders import Loader
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices
     hit = pred.eq(target[:, None])
@@ -35,7 +40,7 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + rank
 
 
-def _totals(loss_sum, correct_sum, seen: int, device, d: Dist) -> list[float]:
+def _totals(loss_sum: torch.Tensor, correct_sum: torch.Tensor, seen: int, device: torch.device, d: Dist) -> list[float]:
     """(loss sum, correct, images) over all processes: one host sync."""
     return all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
 
@@ -45,7 +50,9 @@ class _HealthWindows:
     process sees the same all-reduced totals, so all decide alike); raises Unhealthy on a
     divergence and hands warnings to `warn`."""
 
-    def __init__(self, health: HealthMonitor, model, warn, steps_before: int):
+    def __init__(
+        self, health: HealthMonitor, model: torch.nn.Module, warn: Callable[[str], None], steps_before: int
+    ) -> None:
         self.health, self.model, self.warn = health, model, warn
         self.steps_before = steps_before  # global steps before this epoch
         self.loss, self.seen = 0.0, 0.0
@@ -68,7 +75,13 @@ class _HealthWindows:
 
 
 def train_step(
-    model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, amp: str, label_smoothing: float = 0.0
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp: str,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a preprocessed batch; returns the loss and the logits (not synced)."""
     with autocast(images.device, amp):
@@ -88,7 +101,7 @@ class Stepper:
     net: torch.nn.Module  # the model as trained: itself, or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    preprocess: Callable  # augment.Preprocess: uint8 batch on the device -> input
+    preprocess: Preprocess  # augment.Preprocess: uint8 batch on the device -> input
     device: torch.device
     amp: str = "off"
     label_smoothing: float = 0.0
@@ -126,7 +139,7 @@ class Watch:
     desc: str = "train"
 
 
-def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = Watch()) -> dict:
+def train_one_epoch(step: Stepper, loader: Loader, span: Span = Span(), watch: Watch = Watch()) -> dict:
     """Train on `loader`'s batches of `span`; returns loss, accuracy and images/s over all
     processes, and `steps`, the index of the next batch; `stopped` when should_stop()
     became true on any process, after a whole step.
@@ -196,10 +209,10 @@ def train_one_epoch(step: Stepper, loader, span: Span = Span(), watch: Watch = W
 
 @torch.no_grad()
 def evaluate_loader(
-    model,
-    loader,
-    preprocess,
-    device,
+    model: torch.nn.Module,
+    loader: Loader,
+    preprocess: Preprocess,
+    device: torch.device,
     amp: str = "off",
     desc: str = "eval",
     ten_crop: bool = False,

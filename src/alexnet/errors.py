@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .health import HealthEvent
 
 
 class UserError(Exception):
@@ -18,7 +22,7 @@ class UserError(Exception):
 class Stopped(Exception):
     """SIGTERM or SIGINT arrived: a checkpoint was saved and the run ended cleanly."""
 
-    def __init__(self, signum: int, checkpoint: Path):
+    def __init__(self, signum: int, checkpoint: Path) -> None:
         self.signum, self.checkpoint = signum, checkpoint
         super().__init__(
             f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint} (continue with --resume {checkpoint})"
@@ -29,6 +33,6 @@ class Unhealthy(RuntimeError):
     """The health monitor stopped the run (it diverged); `event` (a health.HealthEvent)
     says how and where."""
 
-    def __init__(self, event):
+    def __init__(self, event: HealthEvent) -> None:
         self.event = event
         super().__init__(event.message)

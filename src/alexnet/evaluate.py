@@ -37,7 +37,18 @@ def evaluate_checkpoint(
         distributed.shutdown()
 
 
-def _evaluate(path, data, data_dir, batch_size, dev, amp, limit, ten_crop, mirror, d) -> dict | None:
+def _evaluate(
+    path: str,
+    data: str | None,
+    data_dir: str | None,
+    batch_size: int,
+    dev: torch.device,
+    amp: str | None,
+    limit: int | None,
+    ten_crop: bool,
+    mirror: bool | None,
+    d: distributed.Dist,
+) -> dict | None:
     loaded = load_inference(path, dev)
     cfg, m = loaded.config, loaded.config.model
     data_cfg = cfg.data

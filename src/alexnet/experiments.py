@@ -23,11 +23,17 @@ import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .jsonio import write_json
 from .recipes import resolve
 from .rundir import read_metrics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .config import RunConfig
 
 # The training error a linear classifier reaches on Fashion-MNIST (logistic regression is
 # about 84% accurate, i.e. 16% error): crossing 15% means the network has learned features
@@ -104,7 +110,7 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def run_key(cfg, limit_train: int | None, limit_val: int | None) -> str:
+def run_key(cfg: RunConfig, limit_train: int | None, limit_val: int | None) -> str:
     """What identifies a training run: its resolved configuration (seed, epochs, model,
     data and data folder included) and its image limits, without its output folder."""
     d = cfg.to_dict()
@@ -143,7 +149,7 @@ def run(
     seeds: int | None = None,
     quick: bool = False,
     out: str = "experiments",
-    train_fn=None,
+    train_fn: Callable[[RunConfig], dict] | None = None,
     trained: dict | None = None,
 ) -> dict:
     """Train every arm of experiment `name` with every seed; write and return the results.

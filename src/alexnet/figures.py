@@ -21,11 +21,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import UserError
+from .rundir import REQUIRED_FIELDS
+from .rundir import read_metrics as read_rows
 from .tblog import normalise_kernels
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .augment import Preprocess
+    from .loaders import Loader
+    from .model import AlexNet
 
 DPI = 100
 TILE_INCHES = 0.6  # filters: width of one kernel tile
@@ -36,7 +48,7 @@ PLOT_FIGSIZE = (15.0, 4.0)  # plot: three panels side by side
 # ----------------------------------------------------------------------------- drawing helpers
 
 
-def _figure(figsize: tuple[float, float]):
+def _figure(figsize: tuple[float, float]) -> Figure:
     """A matplotlib Figure on the Agg canvas, without pyplot or a display."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -48,7 +60,7 @@ def _figure(figsize: tuple[float, float]):
     return fig
 
 
-def _save(fig, out: str | Path) -> dict:
+def _save(fig: Figure, out: str | Path) -> dict:
     """Write `fig` as a PNG of exactly figsize x DPI pixels; returns its path and size."""
     from .jsonio import atomic_write
 
@@ -61,7 +73,7 @@ def _save(fig, out: str | Path) -> dict:
     return {"out": str(out), "size": [int(round(w * DPI)), int(round(h * DPI))]}
 
 
-def _image_array(img: torch.Tensor):
+def _image_array(img: torch.Tensor) -> np.ndarray:
     """A C x H x W image (uint8 or float in [0, 1]) as what imshow takes: H x W x 3 or H x W."""
     img = img.detach().cpu()
     if img.shape[0] == 3:
@@ -71,7 +83,7 @@ def _image_array(img: torch.Tensor):
     return img.float().mean(0).numpy()  # other channel counts: their mean, in gray
 
 
-def _imshow(ax, img: torch.Tensor, vmax: float) -> None:
+def _imshow(ax: Axes, img: torch.Tensor, vmax: float) -> None:
     arr = _image_array(img)
     gray = arr.ndim == 2
     ax.imshow(
@@ -108,7 +120,7 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def filter_grids(model) -> list[FilterGrid]:
+def filter_grids(model: AlexNet) -> list[FilterGrid]:
     """The grids of the filters figure: one per tower where conv2 is grouped, else one.
 
     conv2 with groups=g reads conv1's output channels in g consecutive blocks, so block i
@@ -128,7 +140,7 @@ def filter_grids(model) -> list[FilterGrid]:
     ]
 
 
-def filter_layout(model) -> list[dict]:
+def filter_layout(model: AlexNet) -> list[dict]:
     """What the filters figure draws: each grid's title, tile count and rows x columns."""
     return [{"title": g.title, "tiles": g.tiles, "rows": g.rows, "cols": g.cols} for g in filter_grids(model)]
 
@@ -140,7 +152,7 @@ def filters_figsize(grids: list[FilterGrid]) -> tuple[float, float]:
     return round(width * DPI) / DPI, round(height * DPI) / DPI
 
 
-def draw_filters(model, out: str | Path, title: str | None = None) -> dict:
+def draw_filters(model: AlexNet, out: str | Path, title: str | None = None) -> dict:
     """Draw conv1's kernels (Figure 3) to `out`; returns the path, pixel size and layout.
 
     Every kernel is normalised to [0, 1] on its own (per-kernel min/max, see
@@ -189,7 +201,7 @@ def filters_command(path: str, out: str | None = None) -> dict:
 
 
 @torch.no_grad()
-def fc7_features(model, preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def fc7_features(model: AlexNet, preprocess: Preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """fc7 activations (model.penultimate, eval mode, fp32) of uint8 images, as evaluation
     preprocesses them (mean subtraction, std, centre crop)."""
     model.eval()
@@ -212,7 +224,9 @@ def _keep_nearest(dist: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torc
 
 
 @torch.no_grad()
-def nearest_neighbors(model, preprocess, queries: torch.Tensor, train_loader, k: int, device: torch.device) -> dict:
+def nearest_neighbors(
+    model: AlexNet, preprocess: Preprocess, queries: torch.Tensor, train_loader: Loader, k: int, device: torch.device
+) -> dict:
     """For each query image (uint8 N x C x H x W), the k training images nearest in fc7.
 
     train_loader yields (uint8 images, labels) batches of every training image once, in
@@ -346,13 +360,11 @@ def draw_neighbors(q_images: torch.Tensor, nn_images: list[torch.Tensor], rows: 
 
 # ----------------------------------------------------------------------------- plot (curves)
 
-METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1")
+METRIC_COLUMNS = REQUIRED_FIELDS  # what every metrics.csv has: epoch, lr, losses, accuracies
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
     """The columns of RUN_DIR/metrics.csv that plot draws, as floats (blank: NaN)."""
-    from .rundir import read_metrics as read_rows
-
     rows = read_rows(run_dir)
     return {c: [row[c] for row in rows] for c in METRIC_COLUMNS}
 

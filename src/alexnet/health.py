@@ -117,7 +117,7 @@ class HealthMonitor:
         explode_factor: float = EXPLODE_FACTOR,
         flat_margin: float = FLAT_MARGIN,
         explode_windows: int = EXPLODE_WINDOWS,
-    ):
+    ) -> None:
         if num_classes < 1 or flat_steps < 0 or flat_margin < 0 or explode_factor <= 0 or explode_windows < 1:
             raise ValueError(
                 f"HealthMonitor: bad thresholds (num_classes {num_classes}, flat_steps "

@@ -22,10 +22,17 @@ import csv
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchvision import datasets
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from PIL import Image
 
 WNID = re.compile(r"^n\d{8}$")
 LOC_CSV = "LOC_val_solution.csv"
@@ -97,14 +104,28 @@ def val_labels(root: Path, labels_file: str | None = None, synsets_file: str | N
 class FlatFolder(datasets.DatasetFolder):
     """A folder of images whose classes come from a name -> class mapping, not subfolders."""
 
-    def __init__(self, root: str | Path, labels: dict[str, str], classes: list[str], loader, transform=None):
+    def __init__(
+        self,
+        root: str | Path,
+        labels: dict[str, str],
+        classes: list[str],
+        loader: Callable[[str], Image.Image],
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
         self._labels, self._classes = labels, classes
         super().__init__(str(root), loader, extensions=datasets.folder.IMG_EXTENSIONS, transform=transform)
 
-    def find_classes(self, directory):
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         return self._classes, {c: i for i, c in enumerate(self._classes)}
 
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+    def make_dataset(
+        self,
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
         unknown = sorted({w for w in self._labels.values()} - set(class_to_idx))
         present = [n for n in sorted(os.listdir(directory)) if n in self._labels]
         samples = [

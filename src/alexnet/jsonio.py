@@ -29,7 +29,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NON_FINITE = "non_finite"  # the field that records which values were nulled
 
@@ -86,7 +89,7 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from .distributed import Dist, check_batch
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .store import PackedImages
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -62,7 +65,7 @@ class ShardedBatches:
     every image exactly once, no padding. `start` skips batches for a mid-epoch resume.
     """
 
-    def __init__(self, n: int, global_batch: int, d: Dist, shuffle: bool, seed: int = 0):
+    def __init__(self, n: int, global_batch: int, d: Dist, shuffle: bool, seed: int = 0) -> None:
         self.n, self.global_batch, self.d, self.shuffle, self.seed = n, global_batch, d, shuffle, seed
         self.batch = check_batch(global_batch, d)
         self.epoch, self.start = 0, 0
@@ -75,7 +78,7 @@ class ShardedBatches:
             return self.n // self.global_batch
         return -(-len(range(self.d.rank, self.n, self.d.world)) // self.batch)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         r, b = self.d.rank, self.batch
         if self.shuffle:
             order = torch.randperm(
@@ -96,7 +99,7 @@ class InMemoryLoader:
 
     workers = 0
 
-    def __init__(self, images, labels: torch.Tensor, batches: ShardedBatches):
+    def __init__(self, images: torch.Tensor | PackedImages, labels: torch.Tensor, batches: ShardedBatches) -> None:
         self.images, self.labels, self.batches = images, labels, batches
         self.unreadable: list[str] = []
 
@@ -111,7 +114,7 @@ class InMemoryLoader:
             return self.images.index_select(0, torch.tensor(idx, dtype=torch.long))
         return self.images.take(idx)  # a packed store's memory-mapped shards
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         for idx in self.batches:
             yield self._take(idx), self.labels[idx]
 
@@ -132,13 +135,13 @@ class _Tolerant(torch.utils.data.Dataset):
     """Hands out (image, label, None), or (None, -1, reason) for a file that cannot be read,
     so that a corrupt file in a training set of a million does not end the run."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset[tuple[torch.Tensor, int]]) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
             image, label = self.dataset[i]
             return image, label, None
@@ -146,7 +149,9 @@ class _Tolerant(torch.utils.data.Dataset):
             return None, -1, str(e)
 
 
-def _collate_readable(items):
+def _collate_readable(
+    items: list[tuple[torch.Tensor | None, int, str | None]],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
     good = [(x, y) for x, y, bad in items if bad is None]
     bad = [reason for _, _, reason in items if reason is not None]
     if not good:
@@ -161,7 +166,13 @@ class FolderLoader:
     strict: the first unreadable file ends the run with its path instead.
     """
 
-    def __init__(self, dataset, batches: ShardedBatches, workers: int, strict: bool = False):
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset[tuple[torch.Tensor, int]],
+        batches: ShardedBatches,
+        workers: int,
+        strict: bool = False,
+    ) -> None:
         self.dataset, self.batches, self.strict = dataset, batches, strict
         self.unreadable: list[str] = []
         self.workers = default_workers() if workers < 0 else workers
@@ -180,7 +191,7 @@ class FolderLoader:
     def __len__(self) -> int:
         return len(self._loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         for images, labels, bad in self._loader:
             if bad:
                 if self.strict:

@@ -26,12 +26,14 @@ computed in fp32, since squares of activations above 256 overflow fp16.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def band_matrix(channels: int, size: int, device=None) -> torch.Tensor:
+def band_matrix(channels: int, size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """C x C matrix with ones where |i - j| <= size // 2: the paper's channel window."""
     idx = torch.arange(channels, device=device)
     return ((idx[:, None] - idx[None, :]).abs() <= size // 2).float()
@@ -101,7 +103,9 @@ def _power(d: torch.Tensor, beta: float) -> torch.Tensor:
     return d.pow(-beta)
 
 
-def _denominator(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float):
+def _denominator(
+    x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x in the compute type, and d = k + alpha * (windowed sum of x^2)."""
     xf = x.to(_compute_dtype(x))
     return xf, _channel_window_sum(xf * xf, band, size, scale=alpha, bias=k)
@@ -109,7 +113,9 @@ def _denominator(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, band, size: int, k: float, alpha: float, beta: float):
+    def forward(
+        ctx: Any, x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float
+    ) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf, denom = _denominator(x, band, size, k, alpha)
             scale = _power(denom, beta)  # d^-beta
@@ -119,7 +125,7 @@ class _LRNFunction(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
         xf, scale, scale_over_denom, band = ctx.saved_tensors
         size, alpha, beta = ctx.constants
         with torch.autocast(device_type=xf.device.type, enabled=False):
@@ -150,7 +156,7 @@ class LocalResponseNorm(nn.Module):
     .to(device) and stays out of the state dict).
     """
 
-    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.register_buffer("band", band_matrix(channels, size), persistent=False)

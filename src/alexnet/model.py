@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ POOL_WINDOW = {"overlap": (3, 2), "nonoverlap": (2, 2)}
 ACTIVATION = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
 
 
-def model_config(name: str, **options) -> ModelConfig:
+def model_config(name: str, **options: Any) -> ModelConfig:
     """The resolved ModelConfig of variant `name` with `options` applied on top."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -129,7 +130,7 @@ def _out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
 class AlexNet(nn.Module):
     """AlexNet built from a ModelConfig; `features` / `avgpool` / `classifier` as in torchvision."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         arch = ARCHITECTURES[config.name]
@@ -213,7 +214,7 @@ def init_weights(model: AlexNet, scheme: str) -> None:
             raise ValueError(f"unknown init {scheme!r}")
 
 
-def build_model(name: str = "paper", **options) -> AlexNet:
+def build_model(name: str = "paper", **options: Any) -> AlexNet:
     """Build variant `name` (paper, paper-ungrouped, owt, small) with ModelConfig options."""
     return AlexNet(model_config(name, **options))
 
@@ -228,7 +229,7 @@ def summarize(model: AlexNet, input_size: int | None = None) -> dict:
     size = input_size or cfg.input_size
     rows: list[dict] = []
 
-    def hook(module, inputs, output):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         shape = tuple(output.shape[1:])
         macs = 0
         if isinstance(module, nn.Conv2d):

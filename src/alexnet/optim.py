@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import TrainConfig
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass
@@ -51,7 +55,9 @@ class LrSchedule:
         return cls(cfg.schedule, cfg.epochs, steps_per_epoch, cfg.step_epochs, cfg.warmup_epochs, cfg.steps)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | torch.optim.lr_scheduler.LambdaLR:
     """plateau (§5): lr / 10 when the validation error has not improved by `plateau_threshold`
     for more than `plateau_patience` epochs (the paper gives no numbers: ours), stepped
     once per epoch with the error. step / onecycle: a LambdaLR stepped every batch."""
@@ -109,7 +115,7 @@ class Schedule:
     `finished` once a plateau run has dropped `lr_drops` times and stalled again (§5).
     """
 
-    def __init__(self, optimizer: torch.optim.SGD, cfg: TrainConfig, steps_per_epoch: int):
+    def __init__(self, optimizer: torch.optim.SGD, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch
         self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
         self.per_step = cfg.schedule != "plateau"
@@ -155,7 +161,7 @@ class Schedule:
     def state_dict(self) -> dict:
         return self.scheduler.state_dict()
 
-    def resume(self, state: dict, before: TrainConfig, log) -> None:
+    def resume(self, state: dict, before: TrainConfig, log: Callable[[str], None]) -> None:
         """Continue from a checkpoint's schedule; a new --lr scales it, and a new length
         (--epochs, --steps, --warmup-epochs, --step-epochs) applies from here on."""
         if before.schedule != self.cfg.schedule:
@@ -184,7 +190,7 @@ class Schedule:
         steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         return f"{cfg.epochs} epochs, {steps} steps"
 
-    def _scale_lr(self, old_lr: float, log) -> None:
+    def _scale_lr(self, old_lr: float, log: Callable[[str], None]) -> None:
         """A resumed run given another --lr (say, after a divergence) scales the schedule."""
         new_lr = self.cfg.lr
         if new_lr == old_lr:

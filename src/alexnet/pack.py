@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,11 +27,20 @@ from .errors import UserError
 from .jsonio import write_json
 from .store import FORMAT, MANIFEST
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SHARD_BYTES = 1 << 32  # 4 GiB of images per shard file
 
 
 def pack(
-    data: str, out: str, resize: int = 256, workers: int = -1, limit: int | None = None, batch_size: int = 64, log=print
+    data: str,
+    out: str,
+    resize: int = 256,
+    workers: int = -1,
+    limit: int | None = None,
+    batch_size: int = 64,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Decode DATA's train/ and val/ into OUT; returns the manifest."""
     out_dir = Path(out)

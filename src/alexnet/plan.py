@@ -112,8 +112,10 @@ def cuda_precision(bf16_supported: bool, name: str = "CUDA") -> Precision:
 
 def training_step_timer(
     model: torch.nn.Module,
-    make_optimizer: Callable,
-    step: Callable,
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+    step: Callable[
+        [torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, torch.Tensor, torch.Tensor, str], None
+    ],
     batch: tuple[torch.Tensor, torch.Tensor],
     device: torch.device,
 ) -> Callable[[list[str]], dict[str, float]]:

@@ -240,7 +240,7 @@ def reason_problems(name: str) -> list[str]:
     ]
 
 
-def _show(field: str, value) -> str:
+def _show(field: str, value: object) -> str:
     if field == "lr_batch":
         return "the lr at any batch" if value is None else f"lr x sqrt(batch / {value})"
     if value is None:

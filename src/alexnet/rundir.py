@@ -17,11 +17,15 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import save_checkpoint
 from .errors import UserError
 from .jsonio import write_json
 from .tblog import TensorBoard
+
+if TYPE_CHECKING:
+    from torch import nn
 
 METRIC_FIELDS = (
     "epoch",
@@ -89,7 +93,7 @@ def _parse_row(path: Path, line: int, row: dict) -> dict:
 class RunDir:
     """The files of one run directory; `main` False (a torchrun worker): writes nothing."""
 
-    def __init__(self, out: str | Path, main: bool = True):
+    def __init__(self, out: str | Path, main: bool = True) -> None:
         self.out, self.main = Path(out), main
         self.last, self.best = self.out / "last.pt", self.out / "best.pt"
         self.weights, self.metrics = self.out / "model.safetensors", self.out / "metrics.csv"
@@ -118,7 +122,7 @@ class RunDir:
         if self.main:
             write_json(self.out / "config.json", config)
 
-    def end_epoch(self, row: dict, model) -> None:
+    def end_epoch(self, row: dict, model: nn.Module) -> None:
         """The epoch's metrics row, to metrics.csv and TensorBoard."""
         if self.main:
             _append(self.metrics, row)

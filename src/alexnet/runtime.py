@@ -57,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[object]:
     """The one precision context of the project: autocast to bf16/fp16, or nothing (fp32)."""
     dtype = AMP_DTYPES[amp]
     if dtype is None:

@@ -9,6 +9,7 @@ list so that a changed training set is noticed; checkpoints carry it too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import safe_open, save_file
@@ -17,6 +18,9 @@ from tqdm import tqdm
 from .config import DataConfig
 from .data import Split, cache_dir, is_fashion_mnist
 from .jsonio import atomic_write
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def mean_image(split: Split) -> torch.Tensor:
@@ -37,7 +41,7 @@ def _cache_paths(cfg: DataConfig, run_dir: Path) -> list[Path]:
     return [home / name, Path(run_dir) / name.lstrip(".")]
 
 
-def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log=print) -> torch.Tensor:
+def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log: Callable[[str], None] = print) -> torch.Tensor:
     """The split's mean image from the cache if it matches the split, else computed and cached."""
     paths = _cache_paths(cfg, run_dir)
     for path in paths:

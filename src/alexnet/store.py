@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch
 from .config import DataConfig
 from .errors import UserError
 from .loaders import InMemoryLoader, ShardedBatches, Split
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MANIFEST = "pack.json"
 FORMAT = "alexnet-pack"
@@ -40,7 +44,7 @@ def read_manifest(root: str | Path) -> dict:
 class PackedImages:
     """The images of one split of a store, indexable like a uint8 (N, C, S, S) tensor."""
 
-    def __init__(self, root: Path, split: dict, channels: int, size: int):
+    def __init__(self, root: Path, split: dict, channels: int, size: int) -> None:
         self.shape = (channels, size, size)
         self.maps, self.starts = [], []
         start = 0
@@ -70,7 +74,7 @@ class PackedImages:
         return torch.from_numpy(out)
 
 
-def packed_split(train: bool, cfg: DataConfig, batches_for) -> Split:
+def packed_split(train: bool, cfg: DataConfig, batches_for: Callable[[int], ShardedBatches]) -> Split:
     """A split of a packed store; batches_for(count) gives its ShardedBatches."""
     root = Path(cfg.name)
     manifest = read_manifest(root)

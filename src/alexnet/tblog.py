@@ -35,7 +35,7 @@ def conv1_grid(model: nn.Module) -> torch.Tensor:
 
 
 class TensorBoard:
-    def __init__(self, out: Path, enabled: bool = True):
+    def __init__(self, out: Path, enabled: bool = True) -> None:
         self.writer = None
         if not enabled:
             return
@@ -49,9 +49,9 @@ class TensorBoard:
         if self.writer is None:
             return
         step = row["epoch"]
-        for name in ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "train_images_per_s"):
-            if name in row:  # val_* only in epochs that validated
-                self.writer.add_scalar(name.replace("_", "/", 1), row[name], step)
+        for name, value in row.items():  # metrics.csv's row: every number but the position
+            if name not in ("epoch", "step") and isinstance(value, (int, float)):  # val_*: if validated
+                self.writer.add_scalar(name.replace("_", "/", 1), value, step)
         self.writer.add_image("conv1_filters", conv1_grid(model), step)
         self.writer.flush()
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -53,6 +54,11 @@ from .rundir import RunDir
 from .runtime import AMP_DTYPES, autocast, grad_scaler, resolve_device
 from .stats import cached_mean_image
 
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .health import HealthEvent
+
 AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
 
 
@@ -60,20 +66,20 @@ class _StopSignals:
     """While active, SIGTERM (cluster preemption) and SIGINT (Ctrl-C) only set a flag; the
     training loop finishes its step, saves a checkpoint and raises Stopped."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: int | None = None
         self._previous = {}
 
-    def __enter__(self):
+    def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
@@ -207,7 +213,7 @@ def _model_config(cfg: RunConfig, ckpt: dict | None) -> RunConfig:
     return cfg
 
 
-def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log) -> RunData:
+def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None]) -> RunData:
     """The data stage: both splits (this process's share), their classes, and the mean image."""
     t, data = cfg.train, cfg.data
     train_split = load_split(True, data, t.batch_size, t.seed, data.limit_train, d=d, strict=data.strict)
@@ -222,7 +228,9 @@ def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log) -> RunData:
     return RunData(train_split, val_split, classes, names, mean_image, unreadable)
 
 
-def _mean_image(cfg: RunConfig, ckpt: dict | None, d: Dist, log) -> tuple[torch.Tensor | None, list[str]]:
+def _mean_image(
+    cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None]
+) -> tuple[torch.Tensor | None, list[str]]:
     """The training set's mean image (§2) if the recipe uses one: from the checkpoint, the
     cache, or one pass over the data by the main process (the others then read its cache);
     and the unreadable files that pass skipped."""
@@ -240,7 +248,7 @@ def _mean_image(cfg: RunConfig, ckpt: dict | None, d: Dist, log) -> tuple[torch.
     return image, list(stats_split.loader.unreadable)
 
 
-def _build_model(cfg: RunConfig, ckpt: dict | None, data: RunData, device) -> tuple[AlexNet, RunConfig]:
+def _build_model(cfg: RunConfig, ckpt: dict | None, data: RunData, device: torch.device) -> tuple[AlexNet, RunConfig]:
     """A new model (the same initial weights on every process), or the checkpoint's."""
     if ckpt is None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(data.classes)))
@@ -255,7 +263,7 @@ def _build_model(cfg: RunConfig, ckpt: dict | None, data: RunData, device) -> tu
     return model.to(device, memory_format=memory_format), cfg
 
 
-def _wrap(model: AlexNet, t: TrainConfig, d: Dist, device) -> torch.nn.Module:
+def _wrap(model: AlexNet, t: TrainConfig, d: Dist, device: torch.device) -> torch.nn.Module:
     """What trains: the model, or its DDP wrapper; compiled if asked."""
     net = model
     if d.enabled:
@@ -294,7 +302,17 @@ def _header(run: Run) -> None:
 # ----------------------------------------------------------------------------- the machine's decisions
 
 
-def _decide(cfg: RunConfig, model, ckpt, data: RunData, preprocess, device, d, started, log) -> RunConfig:
+def _decide(
+    cfg: RunConfig,
+    model: AlexNet,
+    ckpt: dict | None,
+    data: RunData,
+    preprocess: Preprocess,
+    device: torch.device,
+    d: Dist,
+    started: float,
+    log: Callable[..., None],
+) -> RunConfig:
     """The run's precision (--amp auto) and, for a budget, its epochs: measured here on copies
     of the model (plan.py), decided by the main process for all. A resumed run keeps the
     decisions in its checkpoint, so it continues the same plan."""
@@ -327,14 +345,23 @@ def _decide(cfg: RunConfig, model, ckpt, data: RunData, preprocess, device, d, s
     return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps), plan=plan)
 
 
-def _measure_plan(cfg: RunConfig, model, data: RunData, preprocess, device, started) -> dict:
+def _measure_plan(
+    cfg: RunConfig, model: AlexNet, data: RunData, preprocess: Preprocess, device: torch.device, started: float
+) -> dict:
     """Time real training steps (one batch of the training data, preprocessed as in training)
     of each candidate precision and choose; fit the budget's epochs to the chosen one's time."""
     t = cfg.train
     images, labels = next(iter(data.train.loader))
     images, labels = images.to(device), labels.to(device)
 
-    def step(replica, optimizer, scaler, x, y, amp):
+    def step(
+        replica: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        amp: str,
+    ) -> None:
         train_step(replica, optimizer, scaler, preprocess(x, train=True), y, amp, t.label_smoothing)
 
     measure = training_step_timer(model, lambda m: make_optimizer(m, t), step, (images, labels), device)
@@ -366,14 +393,16 @@ def _measure_plan(cfg: RunConfig, model, data: RunData, preprocess, device, star
     return plan
 
 
-def _validation_seconds(model, val_split: Split, preprocess, device, amp: str, mirror: bool) -> float:
+def _validation_seconds(
+    model: torch.nn.Module, val_split: Split, preprocess: Preprocess, device: torch.device, amp: str, mirror: bool
+) -> float:
     """One validation pass, estimated from timed batches of the validation data."""
     images, labels = next(iter(val_split.loader))
     images = images.to(device)
     was_training = model.training
     model.eval()
 
-    def forward():
+    def forward() -> None:
         with torch.no_grad(), autocast(device, amp):
             for view in preprocess.views(images, mirror):
                 model(view)
@@ -482,7 +511,7 @@ def _validate(run: Run, epoch: int) -> None:
         _diverged(run, event.message)
 
 
-def _metrics_row(run: Run, tr: dict, lr_used: float, validate: bool, seconds: float, events) -> dict:
+def _metrics_row(run: Run, tr: dict, lr_used: float, validate: bool, seconds: float, events: list[HealthEvent]) -> dict:
     """metrics.csv's row of the epoch just trained (rundir.METRIC_FIELDS)."""
     val = run.val
     return {
@@ -605,7 +634,7 @@ def _diverged(run: Run, message: str) -> None:
     raise UserError(f"{message} ({kept})")
 
 
-def _summary(run: Run, status: str, **fields) -> dict:
+def _summary(run: Run, status: str, **fields: Any) -> dict:
     """OUT/summary.json: how the run ended (done, finished with warnings, stopped, diverged),
     what the health checks saw, and the final metrics; strict JSON (jsonio)."""
     summary = {

@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` and `make test`. Both set everything up.
+# The two commands of the README: `make run` and `make test` (`make test-fast`: the quick
+# part of the tests). All set everything up.
 PYTHON ?= python3
 VENV ?= .venv
 # torch and torchvision are installed first, pinned, so pip takes the builds this
@@ -8,7 +9,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/fashion-mnist
 ALEXNET = $(VENV)/bin/alexnet
 
-.PHONY: run test setup data clean
+.PHONY: run test test-fast lint setup data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +37,18 @@ run: setup data
 	$(ALEXNET) samples --data-dir $(FASHION_MNIST_DIR) --count 6 --out $(RUN_DIR)/samples
 	$(ALEXNET) predict $(RUN_DIR)/last.pt --topk 3 $(RUN_DIR)/samples/*.png
 
-test: setup data
+# ruff's lint and format checks (pyproject.toml), then every test
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+test: setup data lint
 	FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(VENV)/bin/python -m pytest
+
+# The tests not marked slow (pyproject.toml: none trains, starts a subprocess, compiles or
+# exports, or takes seconds): under a minute on 2 cores.
+test-fast: setup data
+	FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(VENV)/bin/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,11 +14,44 @@ def _cache(tmp_path_factory):
     os.environ["ALEXNET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture
+def cli(capsys):
+    """`alexnet ARGV...` in this process: cli(*argv) -> (exit status, stdout, stderr).
+    Arguments may be paths or numbers; the output is what the command itself printed."""
+
+    def run(*argv):
+        rc = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def _one_line_error(rc, err, *needles) -> str:
+    """A refusal: exit status 2, stderr exactly one line `alexnet: error: ...` that names
+    every needle, and no traceback. Returns that line."""
+    assert "Traceback" not in err, err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), err
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def one_line_error():
+    """one_line_error(rc, err, *needles) -> the line: see _one_line_error."""
+    return _one_line_error
+
+
 @pytest.fixture(scope="session")
 def fashion_dir() -> str:
     if not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make data` "
-                    "(apt-get install -y dataset-fashion-mnist) or set FASHION_MNIST_DIR")
+        pytest.fail(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make data` "
+            "(apt-get install -y dataset-fashion-mnist) or set FASHION_MNIST_DIR"
+        )
     return FASHION_MNIST_DIR
 
 
@@ -26,8 +59,23 @@ def fashion_dir() -> str:
 def fashion_run(tmp_path_factory, fashion_dir) -> Path:
     """A small model trained for two short epochs on a slice of Fashion-MNIST via the CLI."""
     out = tmp_path_factory.mktemp("fashion-run")
-    rc = main(["train", "--data-dir", fashion_dir, "--epochs", "2", "--limit-train", "4000",
-               "--limit-val", "500", "--width", "0.5", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--data-dir",
+            fashion_dir,
+            "--epochs",
+            "2",
+            "--limit-train",
+            "4000",
+            "--limit-val",
+            "500",
+            "--width",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return out
 
@@ -46,16 +94,16 @@ def photos(tmp_path_factory) -> dict:
         files[name] = out / name
         img.save(files[name], **kw)
 
-    save("astronaut.jpg", Image.fromarray(skdata.astronaut()))                          # 512x512 RGB
-    save("coffee.png", Image.fromarray(skdata.coffee()))                                # 400x600 RGB
-    save("camera_gray.png", Image.fromarray(skdata.camera()))                           # 512x512 L
-    cat = Image.fromarray(skdata.chelsea())                                             # 300x451 RGB
+    save("astronaut.jpg", Image.fromarray(skdata.astronaut()))  # 512x512 RGB
+    save("coffee.png", Image.fromarray(skdata.coffee()))  # 400x600 RGB
+    save("camera_gray.png", Image.fromarray(skdata.camera()))  # 512x512 L
+    cat = Image.fromarray(skdata.chelsea())  # 300x451 RGB
     save("chelsea_cmyk.jpg", cat.convert("CMYK"))
     save("chelsea_rgba.png", cat.convert("RGBA"))
     save("chelsea_palette.png", cat.convert("P"))
     save("chelsea_small.jpg", cat.resize((37, 25)))
-    save("tiny.png", Image.fromarray(np.array([[[200, 10, 10]]], dtype=np.uint8)))      # 1x1
-    gray16 = (skdata.camera().astype(np.uint16) * 257)
+    save("tiny.png", Image.fromarray(np.array([[[200, 10, 10]]], dtype=np.uint8)))  # 1x1
+    gray16 = skdata.camera().astype(np.uint16) * 257
     save("camera_16bit.png", Image.fromarray(gray16))
     return files
 
@@ -109,10 +157,11 @@ def imagenet(tmp_path_factory) -> Path:
     devkit = root / "ILSVRC2012_devkit_t12" / "data"
     devkit.mkdir(parents=True)
     (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(map(str, val_ids)) + "\n")
-    synsets = np.array([(ids[w], w, f"{WNIDS[w]}, more words", "gloss", 0) for w in WNIDS] +
-                       [(1001, "n00001740", "entity", "gloss", 3)],
-                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"),
-                              ("num_children", "O")])
+    synsets = np.array(
+        [(ids[w], w, f"{WNIDS[w]}, more words", "gloss", 0) for w in WNIDS]
+        + [(1001, "n00001740", "entity", "gloss", 3)],
+        dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O")],
+    )
     scipy.io.savemat(devkit / "meta.mat", {"synsets": synsets})
     return root
 

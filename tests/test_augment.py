@@ -1,16 +1,28 @@
 import pytest
 import torch
 
-from alexnet.augment import (Preprocess, _cut_by_gather, _cut_by_slices, cut, pca_lighting, random_crop_flip,
-                             random_crops)
+from alexnet.augment import (
+    Preprocess,
+    _cut_by_gather,
+    _cut_by_slices,
+    cut,
+    pca_lighting,
+    random_crop_flip,
+    random_crops,
+)
 from alexnet.config import DataConfig
 
 
 def _matches(out, src, size):
     """(top, left, mirrored) of every placement of `out` in `src`."""
     h, w = src.shape[-2:]
-    return [(t, l, f) for t in range(h - size + 1) for l in range(w - size + 1) for f in (0, 1)
-            if torch.equal(out, (lambda c: c.flip(-1) if f else c)(src[..., t:t + size, l:l + size]))]
+    return [
+        (t, left, f)
+        for t in range(h - size + 1)
+        for left in range(w - size + 1)
+        for f in (0, 1)
+        if torch.equal(out, (lambda c: c.flip(-1) if f else c)(src[..., t : t + size, left : left + size]))
+    ]
 
 
 def test_shifts_are_crops_of_the_padded_image_and_half_are_mirrored():
@@ -37,7 +49,7 @@ def test_random_crops_of_larger_images_cover_every_offset():
         m = _matches(y[i], x[i], 9)
         assert m
         offsets.add(m[0][:2])
-    assert offsets == {(t, l) for t in range(4) for l in range(4)}  # 256-227 in miniature
+    assert offsets == {(t, left) for t in range(4) for left in range(4)}  # 256-227 in miniature
 
 
 def test_pca_lighting_has_the_expected_covariance():
@@ -59,8 +71,8 @@ def test_preprocess_lights_each_image_by_one_rgb_shift():
     x = torch.full((5, 3, 8, 8), 100, dtype=torch.uint8)  # crop = whole image, mirrors invisible
     y = p(x, train=True)
     shift = y - 100
-    assert shift.std(dim=(2, 3)).max() < 1e-4             # constant over each image's pixels
-    assert shift.mean(dim=(2, 3)).abs().max() > 0.1         # and not zero (in 0..255 units)
+    assert shift.std(dim=(2, 3)).max() < 1e-4  # constant over each image's pixels
+    assert shift.mean(dim=(2, 3)).abs().max() > 0.1  # and not zero (in 0..255 units)
     assert torch.equal(p(x, train=False), torch.full((5, 3, 8, 8), 100.0))  # no lighting at test
 
 
@@ -82,9 +94,9 @@ def test_ten_crop_boxes_are_corners_centre_and_mirrors():
     assert len(views) == 10
     boxes = [(0, 0), (0, 29), (29, 0), (29, 29), (14, 14)]  # 256 - 227 = 29; centre at 14
     for i, (top, left) in enumerate(boxes):
-        expected = x[..., top:top + 227, left:left + 227].float()
+        expected = x[..., top : top + 227, left : left + 227].float()
         torch.testing.assert_close(views[i], expected)
-        torch.testing.assert_close(views[i + 5], x.flip(-1)[..., top:top + 227, left:left + 227].float())
+        torch.testing.assert_close(views[i + 5], x.flip(-1)[..., top : top + 227, left : left + 227].float())
 
 
 def test_small_data_is_resized_to_the_model_input():

@@ -9,15 +9,8 @@ import sys
 import pytest
 import torch
 
-from alexnet.cli import main
 
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
+@pytest.mark.slow
 def test_train_writes_its_outputs(fashion_run):
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "model.safetensors"):
         assert (fashion_run / name).is_file(), name
@@ -29,9 +22,9 @@ def test_train_writes_its_outputs(fashion_run):
     assert float(rows[-1]["val_top1"]) > 0.3  # chance is 0.1
 
 
-def test_evaluate_json(fashion_run, capsys, fashion_dir):
-    rc, out, _ = run(capsys, "evaluate", fashion_run / "last.pt", "--data-dir", fashion_dir,
-                     "--limit", "500", "--json")
+@pytest.mark.slow
+def test_evaluate_json(fashion_run, cli, fashion_dir):
+    rc, out, _ = cli("evaluate", fashion_run / "last.pt", "--data-dir", fashion_dir, "--limit", "500", "--json")
     assert rc == 0
     r = json.loads(out)
     assert r["images"] == 500
@@ -41,22 +34,23 @@ def test_evaluate_json(fashion_run, capsys, fashion_dir):
     assert r["top1"] == pytest.approx(float(row["val_top1"]))  # same 500 images as validation
 
 
-def test_safetensors_weights_evaluate_the_same(fashion_run, capsys, fashion_dir):
+@pytest.mark.slow
+def test_safetensors_weights_evaluate_the_same(fashion_run, cli, fashion_dir):
     results = []
     for name in ("last.pt", "model.safetensors"):
-        rc, out, _ = run(capsys, "evaluate", fashion_run / name, "--data-dir", fashion_dir,
-                         "--limit", "300", "--json")
+        rc, out, _ = cli("evaluate", fashion_run / name, "--data-dir", fashion_dir, "--limit", "300", "--json")
         assert rc == 0
         results.append(json.loads(out))
     assert results[0]["top1"] == results[1]["top1"] and results[0]["loss"] == results[1]["loss"]
 
 
-def test_predict_fashion_samples(fashion_run, capsys, fashion_dir, tmp_path):
-    rc, out, _ = run(capsys, "samples", "--data-dir", fashion_dir, "--count", "20", "--out", tmp_path)
+@pytest.mark.slow
+def test_predict_fashion_samples(fashion_run, cli, fashion_dir, tmp_path):
+    rc, out, _ = cli("samples", "--data-dir", fashion_dir, "--count", "20", "--out", tmp_path)
     assert rc == 0
     files = sorted(tmp_path.glob("*.png"))
     assert len(files) == 20
-    rc, out, _ = run(capsys, "predict", fashion_run / "last.pt", *files, "--topk", "3", "--json")
+    rc, out, _ = cli("predict", fashion_run / "last.pt", *files, "--topk", "3", "--json")
     assert rc == 0
     results = json.loads(out)
     assert len(results) == 20
@@ -69,8 +63,9 @@ def test_predict_fashion_samples(fashion_run, capsys, fashion_dir, tmp_path):
     assert correct >= 6  # far above chance (2 of 20) after two short epochs
 
 
-def test_predict_real_photos_any_mode(fashion_run, capsys, photos):
-    rc, out, err = run(capsys, "predict", fashion_run / "last.pt", *photos.values(), "--json")
+@pytest.mark.slow
+def test_predict_real_photos_any_mode(fashion_run, cli, photos):
+    rc, out, err = cli("predict", fashion_run / "last.pt", *photos.values(), "--json")
     assert rc == 0, err
     results = json.loads(out)
     assert [r["image"] for r in results] == [str(p) for p in photos.values()]
@@ -79,14 +74,31 @@ def test_predict_real_photos_any_mode(fashion_run, capsys, photos):
         assert 0 < sum(p["probability"] for p in r["predictions"]) <= 1 + 1e-6
 
 
-def test_resume_continues_exactly(fashion_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_continues_exactly(fashion_dir, tmp_path, cli):
     # a step schedule: the learning rate at a step does not depend on the planned length
-    common = ["train", "--data-dir", fashion_dir, "--limit-train", "600", "--limit-val", "100",
-              "--width", "0.25", "--amp", "off", "--schedule", "step", "--step-epochs", "1"]
-    assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
-    assert run(capsys, *common, "--epochs", "1", "--out", tmp_path / "split")[0] == 0
-    assert run(capsys, *common, "--epochs", "2", "--out", tmp_path / "split",
-               "--resume", tmp_path / "split" / "last.pt")[0] == 0
+    common = [
+        "train",
+        "--data-dir",
+        fashion_dir,
+        "--limit-train",
+        "600",
+        "--limit-val",
+        "100",
+        "--width",
+        "0.25",
+        "--amp",
+        "off",
+        "--schedule",
+        "step",
+        "--step-epochs",
+        "1",
+    ]
+    assert cli(*common, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
+    assert cli(*common, "--epochs", "1", "--out", tmp_path / "split")[0] == 0
+    assert (
+        cli(*common, "--epochs", "2", "--out", tmp_path / "split", "--resume", tmp_path / "split" / "last.pt")[0] == 0
+    )
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
@@ -96,38 +108,35 @@ def test_resume_continues_exactly(fashion_dir, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
-def test_summary_json(capsys):
-    rc, out, _ = run(capsys, "summary", "--model", "paper", "--json")
+def test_summary_json(cli):
+    rc, out, _ = cli("summary", "--model", "paper", "--json")
     assert rc == 0
     s = json.loads(out)
     assert s["params"] == 60_965_224 and round(s["macs"] / 1e6) == 724
-    rc, out, _ = run(capsys, "summary", "--model", "small")
+    rc, out, _ = cli("summary", "--model", "small")
     assert rc == 0 and "1,218,514" in out
 
 
 # ------------------------------------------------------------------------ bad input
 
-def _one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
-
-def test_bad_images(fashion_run, capsys, tmp_path):
+@pytest.mark.slow
+def test_bad_images(fashion_run, cli, tmp_path, one_line_error):
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    for bad, needle in ((tmp_path / "missing.jpg", "no such file"), (tmp_path, "not a file"),
-                        (text, "not a readable image"), (empty, "not a readable image")):
-        rc, _, err = run(capsys, "predict", fashion_run / "last.pt", bad)
-        _one_line_error(rc, err, str(bad), needle)
+    for bad, needle in (
+        (tmp_path / "missing.jpg", "no such file"),
+        (tmp_path, "not a file"),
+        (text, "not a readable image"),
+        (empty, "not a readable image"),
+    ):
+        rc, _, err = cli("predict", fashion_run / "last.pt", bad)
+        one_line_error(rc, err, str(bad), needle)
 
 
-def test_bad_checkpoints(capsys, tmp_path, photos):
+def test_bad_checkpoints(cli, tmp_path, photos, one_line_error):
     img = photos["astronaut.jpg"]
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -136,17 +145,18 @@ def test_bad_checkpoints(capsys, tmp_path, photos):
     raw_state = tmp_path / "state_dict.pt"
     torch.save({"features.0.weight": torch.zeros(1)}, raw_state)
     for bad in (tmp_path / "missing.pt", empty, garbage, raw_state):
-        rc, _, err = run(capsys, "predict", bad, img)
-        _one_line_error(rc, err, str(bad))
+        rc, _, err = cli("predict", bad, img)
+        one_line_error(rc, err, str(bad))
 
 
-def test_mismatched_weights(fashion_run, capsys, tmp_path, photos):
+@pytest.mark.slow
+def test_mismatched_weights(fashion_run, cli, tmp_path, photos, one_line_error):
     ckpt = torch.load(fashion_run / "last.pt", weights_only=True)
     ckpt["config"]["model"]["width"] = 1.0  # claims another model than its weights
     bad = tmp_path / "other.pt"
     torch.save(ckpt, bad)
-    rc, _, err = run(capsys, "evaluate", bad)
-    _one_line_error(rc, err, str(bad), "do not fit")
+    rc, _, err = cli("evaluate", bad)
+    one_line_error(rc, err, str(bad), "do not fit")
 
 
 class _Exploit:
@@ -157,36 +167,43 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_that_runs_code_is_refused(capsys, tmp_path, photos):
+def test_pickle_that_runs_code_is_refused(cli, tmp_path, photos, one_line_error):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "alexnet-checkpoint", "payload": _Exploit(marker)}, evil, pickle_protocol=2)
-    rc, _, err = run(capsys, "predict", evil, photos["astronaut.jpg"])
-    _one_line_error(rc, err, str(evil), "refused")
+    rc, _, err = cli("predict", evil, photos["astronaut.jpg"])
+    one_line_error(rc, err, str(evil), "refused")
     assert not marker.exists()
 
 
-def test_bad_options(capsys, fashion_dir):
-    rc, _, err = run(capsys, "train", "--data-dir", fashion_dir, "--dropout", "1.5")
-    _one_line_error(rc, err, "dropout")
-    rc, _, err = run(capsys, "train", "--data-dir", fashion_dir, "--model", "paper", "--input-size", "32")
-    _one_line_error(rc, err, "too small")
+def test_bad_options(cli, fashion_dir, one_line_error):
+    rc, _, err = cli("train", "--data-dir", fashion_dir, "--dropout", "1.5")
+    one_line_error(rc, err, "dropout")
+    rc, _, err = cli("train", "--data-dir", fashion_dir, "--model", "paper", "--input-size", "32")
+    one_line_error(rc, err, "too small")
 
 
-def test_missing_folder_data(capsys, tmp_path):
-    rc, _, err = run(capsys, "train", "--data", tmp_path / "nowhere", "--epochs", "1")
-    _one_line_error(rc, err, "nowhere")
+def test_missing_folder_data(cli, tmp_path, one_line_error):
+    rc, _, err = cli("train", "--data", tmp_path / "nowhere", "--epochs", "1")
+    one_line_error(rc, err, "nowhere")
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points():
-    r = subprocess.run([sys.executable, "-m", "alexnet", "summary", "--model", "owt", "--json"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet", "summary", "--model", "owt", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(r.stdout)["params"] == 61_100_840
-    r = subprocess.run([sys.executable, "-m", "alexnet", "predict", "/nonexistent.pt", "/x.jpg"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet", "predict", "/nonexistent.pt", "/x.jpg"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "/nonexistent.pt" in r.stderr
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_scalars_and_filters(fashion_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

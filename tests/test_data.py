@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data import InMemoryLoader, ShardedBatches, fashion_mnist, load_image, write_samples
+from alexnet.data import fashion_mnist, load_image, write_samples
 from alexnet.distributed import Dist
 from alexnet.errors import UserError
+from alexnet.loaders import InMemoryLoader, ShardedBatches
 
 
 def test_fashion_mnist_from_the_debian_files(fashion_dir):
@@ -53,8 +54,7 @@ def test_shards_add_up_to_the_single_process_batches():
 
 def test_evaluation_shards_cover_every_image_once():
     n = 11
-    seen = [i for r in range(3) for b in ShardedBatches(n, 6, Dist(rank=r, world=3), shuffle=False)
-            for i in b]
+    seen = [i for r in range(3) for b in ShardedBatches(n, 6, Dist(rank=r, world=3), shuffle=False) for i in b]
     assert sorted(seen) == list(range(n))  # no padding, no duplicates
 
 
@@ -114,7 +114,7 @@ def test_draft_decodes_large_jpegs_at_reduced_size(tmp_path, size, scale):
 def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     import os
 
-    from alexnet.data import default_workers
+    from alexnet.loaders import default_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

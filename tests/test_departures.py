@@ -1,23 +1,32 @@
 """README's list of the recipes' departures from the paper is generated from the recipes
-(presets.py), and every departure carries its reason."""
+(recipes.py), and every departure carries its reason."""
 
 import dataclasses
 from pathlib import Path
 
 import pytest
 
-from alexnet import presets
+from alexnet import recipes
 from alexnet.config import TrainConfig
-from alexnet.presets import (RECIPES, Recipe, departures, departures_markdown, differences, readme_block,
-                             reason_problems, update_readme)
+from alexnet.recipes import (
+    RECIPES,
+    Recipe,
+    departures,
+    departures_markdown,
+    differences,
+    readme_block,
+    reason_problems,
+    update_readme,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-REGENERATE = "python -m alexnet.presets --readme README.md"
+REGENERATE = "python -m alexnet.recipes --readme README.md"
 
 
 def test_readme_lists_the_departures_the_recipes_define():
     assert readme_block(README.read_text()) == departures_markdown(), (
-        f"README.md's departures are out of date with src/alexnet/presets.py: run `{REGENERATE}`")
+        f"README.md's departures are out of date with src/alexnet/recipes.py: run `{REGENERATE}`"
+    )
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -44,19 +53,29 @@ def test_a_new_departure_without_a_reason_fails_and_so_does_a_stale_reason(monke
     slower = dataclasses.replace(r.train, momentum=0.8)
     monkeypatch.setitem(RECIPES, "folder", dataclasses.replace(r, train=slower))
     assert reason_problems("folder") == [
-        "folder: train.momentum differs from the paper recipe but has no reason in Recipe.why"]
+        "folder: train.momentum differs from the paper recipe but has no reason in Recipe.why"
+    ]
     with pytest.raises(ValueError, match="train.momentum"):
         departures_markdown()
     monkeypatch.setitem(RECIPES, "folder", dataclasses.replace(r, why={**r.why, "train.seed": "a reason"}))
     assert reason_problems("folder") == [
-        "folder: Recipe.why gives a reason for train.seed, which does not differ from the paper recipe"]
+        "folder: Recipe.why gives a reason for train.seed, which does not differ from the paper recipe"
+    ]
 
 
 def test_a_new_recipe_is_compared_too(monkeypatch):
-    monkeypatch.setitem(RECIPES, "quick", Recipe({"name": "paper"}, TrainConfig(amp="off", epochs=2),
-                                                 {"mean_image": True, "lighting": 0.1, "translate": 0},
-                                                 pixel_scale=True, why={"train.epochs": "a smoke test"}))
-    monkeypatch.setitem(presets.RECIPE_DATA, "quick", "photos")
+    monkeypatch.setitem(
+        RECIPES,
+        "quick",
+        Recipe(
+            {"name": "paper"},
+            TrainConfig(amp="off", epochs=2),
+            {"mean_image": True, "lighting": 0.1, "translate": 0},
+            pixel_scale=True,
+            why={"train.epochs": "a smoke test"},
+        ),
+    )
+    monkeypatch.setitem(recipes.RECIPE_DATA, "quick", "photos")
     assert departures("quick") == [("train.epochs", 90, 2, "a smoke test")]
     assert "| `train.epochs` | 90 | 2 | a smoke test |" in departures_markdown()
 
@@ -64,7 +83,7 @@ def test_a_new_recipe_is_compared_too(monkeypatch):
 def test_the_command_rewrites_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- departures:begin -->\nstale\n<!-- departures:end -->\nafter\n")
-    assert presets.main(["--readme", str(readme)]) == 0
+    assert recipes.main(["--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# title\n\nbefore\n<!-- departures:begin -->\n")
     assert text.endswith("<!-- departures:end -->\nafter\n") and "stale" not in text

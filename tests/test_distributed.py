@@ -9,14 +9,37 @@ import sys
 import pytest
 import torch
 
-COMMON = ["--limit-train", "640", "--limit-val", "101", "--width", "0.25", "--epochs", "1",
-          "--batch-size", "64", "--dropout", "0", "--no-augment", "--amp", "off",
-          "--schedule", "step", "--workers", "0"]
+pytestmark = pytest.mark.slow  # every test trains or evaluates under torchrun, in subprocesses
+
+COMMON = [
+    "--limit-train",
+    "640",
+    "--limit-val",
+    "101",
+    "--width",
+    "0.25",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--dropout",
+    "0",
+    "--no-augment",
+    "--amp",
+    "off",
+    "--schedule",
+    "step",
+    "--workers",
+    "0",
+]
 
 
 def alexnet(*args, procs: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={procs}", "-m", "alexnet"] if procs > 1 else [sys.executable, "-m", "alexnet"]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", "-m", "alexnet"]
+        if procs > 1
+        else [sys.executable, "-m", "alexnet"]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share the 2 cores
     r = subprocess.run(launcher + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -46,10 +69,12 @@ def test_two_processes_give_the_weights_of_one(runs):
 
 def test_distributed_evaluation_counts_every_image_once(runs, fashion_dir):
     ckpt = runs / "one" / "last.pt"
-    single = json.loads(alexnet("evaluate", ckpt, "--data-dir", fashion_dir, "--limit", "101",
-                                "--json").stdout)
-    double = json.loads(alexnet("evaluate", ckpt, "--data-dir", fashion_dir, "--limit", "101",
-                                "--batch-size", "16", "--json", procs=2).stdout)
+    single = json.loads(alexnet("evaluate", ckpt, "--data-dir", fashion_dir, "--limit", "101", "--json").stdout)
+    double = json.loads(
+        alexnet(
+            "evaluate", ckpt, "--data-dir", fashion_dir, "--limit", "101", "--batch-size", "16", "--json", procs=2
+        ).stdout
+    )
     assert single["images"] == double["images"] == 101  # odd: no padding counted
     assert double["processes"] == 2
     assert double["top1"] == single["top1"] and double["top5"] == single["top5"]

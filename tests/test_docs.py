@@ -11,8 +11,10 @@ def test_readme_lists_every_module_of_the_package():
     block = text.split("<!-- modules:begin -->")[1].split("<!-- modules:end -->")[0]
     listed = set(re.findall(r"`(\w+)`", "".join(line.split(":")[0] for line in block.splitlines())))
     modules = {p.stem for p in (ROOT / "src" / "alexnet").glob("*.py") if not p.stem.startswith("_")}
-    assert listed == modules, (f"README's module list is out of step: missing {sorted(modules - listed)}, "
-                               f"no such module {sorted(listed - modules)}")
+    assert listed == modules, (
+        f"README's module list is out of step: missing {sorted(modules - listed)}, "
+        f"no such module {sorted(listed - modules)}"
+    )
 
 
 def test_design_doc_names_every_module():
@@ -42,6 +44,9 @@ def test_modules_import_only_the_rows_above_them():
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 names = [node.module] if node.module else [a.name for a in node.names]
-                wrong += [f"{path.stem} imports {n}" for n in names if rank[n.split(".")[0]] >= rank[path.stem]
-                          and n.split(".")[0] != path.stem]
+                wrong += [
+                    f"{path.stem} imports {n}"
+                    for n in names
+                    if rank[n.split(".")[0]] >= rank[path.stem] and n.split(".")[0] != path.stem
+                ]
     assert not wrong, "; ".join(wrong)

@@ -5,17 +5,28 @@ import os
 import pytest
 from PIL import Image
 
-from alexnet.cli import main
 from alexnet import experiments
+from alexnet.cli import main
 from alexnet.experiments import EXPERIMENTS, crossing, run, run_key
-from alexnet.presets import resolve
+from alexnet.recipes import resolve
 
-FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
-          "epoch_seconds", "train_images_per_s")
+FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "train_images_per_s",
+)
 
 
 def fake_train(curves):
     """A stand-in for train(): writes the metrics.csv an arm would, from known curves."""
+
     def train(cfg):
         m = cfg.model
         arm = {"relu": "a", "tanh": "b"}.get(m.activation, "a")
@@ -28,14 +39,28 @@ def fake_train(curves):
             w = csv.DictWriter(f, fieldnames=FIELDS)
             w.writeheader()
             for e, (tr, te, s) in enumerate(zip(train_err, test_err, seconds), start=1):
-                w.writerow({"epoch": e, "step": e, "lr": 0.1, "train_loss": 1, "train_acc": 1 - tr,
-                            "val_loss": 1, "val_top1": 1 - te, "val_top5": 1, "epoch_seconds": s,
-                            "train_images_per_s": 1})
+                w.writerow(
+                    {
+                        "epoch": e,
+                        "step": e,
+                        "lr": 0.1,
+                        "train_loss": 1,
+                        "train_acc": 1 - tr,
+                        "val_loss": 1,
+                        "val_top1": 1 - te,
+                        "val_top5": 1,
+                        "epoch_seconds": s,
+                        "train_images_per_s": 1,
+                    }
+                )
+
     return train
 
 
-CURVES = {"a": ([0.5, 0.2, 0.1, 0.08], [0.3, 0.15, 0.12, 0.11], [10, 10, 10, 10]),
-          "b": ([0.6, 0.4, 0.25, 0.1], [0.35, 0.2, 0.15, 0.14], [20, 20, 20, 20])}
+CURVES = {
+    "a": ([0.5, 0.2, 0.1, 0.08], [0.3, 0.15, 0.12, 0.11], [10, 10, 10, 10]),
+    "b": ([0.6, 0.4, 0.25, 0.1], [0.35, 0.2, 0.15, 0.14], [20, 20, 20, 20]),
+}
 
 
 def test_crossing_interpolates():
@@ -64,6 +89,7 @@ def test_every_experiment_writes_its_table_and_plot(name, tmp_path):
         assert r["effect"]["gap_difference"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow  # trains 2 arms for 2 epochs
 def test_quick_experiment_through_the_cli(fashion_dir, tmp_path, capsys):
     assert main(["experiment", "lrn", "--quick", "--data-dir", fashion_dir, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -79,16 +105,22 @@ def _counting(curves, calls):
     def train(cfg):
         calls.append((cfg, cfg.data.limit_train, cfg.data.limit_val))
         fake(cfg)
+
     return train
 
 
 def test_run_key_is_the_configuration_not_the_folder():
     def key(out, limit=3000, seed=0, **options):
-        cfg = resolve("fashion-mnist", {"name": None, **options}, {"data_dir": None},
-                      {"epochs": 2, "seed": seed, "out": out, "val_every": 1})
+        cfg = resolve(
+            "fashion-mnist",
+            {"name": None, **options},
+            {"data_dir": None},
+            {"epochs": 2, "seed": seed, "out": out, "val_every": 1},
+        )
         return run_key(cfg, limit, 1000)
+
     assert key("a/ReLU-seed0", activation="relu") == key("b/LRN-seed0", lrn=True) == key("c/x")
-    assert key("a", dropout=0.5) != key("a")            # the recipe's dropout is 0.25
+    assert key("a", dropout=0.5) != key("a")  # the recipe's dropout is 0.25
     assert key("a", seed=1) != key("a") and key("a", limit=None) != key("a")
 
 
@@ -98,8 +130,7 @@ def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, caps
     calls, plotted = [], {}
     monkeypatch.setattr(alexnet.train, "train", _counting(CURVES, calls))
     # the plots are tested above; here what they are drawn from: every arm's seeds
-    monkeypatch.setattr(experiments, "plot",
-                        lambda results, runs, path: plotted.update({results["experiment"]: runs}))
+    monkeypatch.setattr(experiments, "plot", lambda results, runs, path: plotted.update({results["experiment"]: runs}))
     assert main(["experiment", "all", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     # 5 experiments x 2 arms x 2 seeds = 20 runs; the recipe unchanged (ReLU, LRN, 3/2
@@ -109,14 +140,19 @@ def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, caps
     assert all(c[1:] == (3000, 1000) and c[0].train.epochs == 2 for c in calls)
     assert sorted(c[0].model.dropout for c in calls).count(0.5) == 2  # the dropout baseline: its own runs
     assert "14 runs trained, 6 reused" in out
-    expected = {"relu-vs-tanh": [], "dropout": [],
-                "lrn": ["LRN"], "pooling": ["overlapping 3/2"], "groups": ["two towers"]}
+    expected = {
+        "relu-vs-tanh": [],
+        "dropout": [],
+        "lrn": ["LRN"],
+        "pooling": ["overlapping 3/2"],
+        "groups": ["two towers"],
+    }
     for name, arms in EXPERIMENTS.items():
         folder = tmp_path / name
         r = json.loads((folder / "results.json").read_text())
         assert [(x["arm"], x["seed"], x["run"]) for x in r["reused"]] == [
-            (arm, seed, os.path.join("relu-vs-tanh", f"ReLU-seed{seed}"))
-            for arm in expected[name] for seed in range(2)]
+            (arm, seed, os.path.join("relu-vs-tanh", f"ReLU-seed{seed}")) for arm in expected[name] for seed in range(2)
+        ]
         paper, other = (r["arms"][a] for a in arms.arms)  # every arm, every seed
         assert paper["test_error"]["n"] == other["test_error"]["n"] == 2
         assert paper["test_error"]["mean"] == pytest.approx(0.11)
@@ -127,8 +163,9 @@ def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, caps
         for arm in expected[name]:
             assert f"{name}: {arm}, seed 1: the same configuration as" in out
             run_dir = folder / f"{arm.replace(' ', '-').replace('/', '')}-seed1"
-            assert (run_dir / "metrics.csv").read_text() == \
-                (tmp_path / "relu-vs-tanh" / "ReLU-seed1" / "metrics.csv").read_text()
+            assert (run_dir / "metrics.csv").read_text() == (
+                tmp_path / "relu-vs-tanh" / "ReLU-seed1" / "metrics.csv"
+            ).read_text()
 
     # one experiment alone trains all its arms again, in its own folders (not through
     # the links `all` left, into relu-vs-tanh's runs)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from alexnet.cli import main
-from alexnet.presets import default_recipe, resolve
+from alexnet.recipes import default_recipe, resolve
 
 
 def test_a_folder_defaults_to_the_folder_recipe_and_the_paper_is_one_flag_away():
@@ -24,12 +24,30 @@ def test_a_folder_defaults_to_the_folder_recipe_and_the_paper_is_one_flag_away()
     assert a == b and cfg.train.schedule == "plateau" and cfg.train.weight_decay == 5e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, epochs, folder", [(4, 12, "photo_folder"), (32, 12, "photo_folder_96")])
 def test_the_folder_default_learns_real_photos(batch, epochs, folder, request, tmp_path):
     # memorising a few dozen photos is learning: the training loss falls well below ln 3
     data, out = request.getfixturevalue(folder), tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--batch-size", str(batch), "--epochs", str(epochs),
-               "--device", "cpu", "--workers", "0", "--amp", "off", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--batch-size",
+            str(batch),
+            "--epochs",
+            str(epochs),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--amp",
+            "off",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     with open(out / "metrics.csv", newline="") as f:
         losses = [float(row["train_loss"]) for row in csv.DictReader(f)]

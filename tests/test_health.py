@@ -6,8 +6,17 @@ import math
 import pytest
 import torch
 
-from alexnet.health import (DEAD_GRADIENTS, EXPLODING, FLAT_MARGIN, FLAT_STEPS, NON_FINITE, NON_FINITE_VAL,
-                            NOT_LEARNING, HealthEvent, HealthMonitor)
+from alexnet.health import (
+    DEAD_GRADIENTS,
+    EXPLODING,
+    FLAT_MARGIN,
+    FLAT_STEPS,
+    NON_FINITE,
+    NON_FINITE_VAL,
+    NOT_LEARNING,
+    HealthEvent,
+    HealthMonitor,
+)
 
 LN10 = math.log(10)
 WINDOW = 20  # the training loop's log_every
@@ -15,12 +24,81 @@ WINDOW = 20  # the training loop's log_every
 # 20-step window means of the first Fashion-MNIST epoch (468 steps), recorded by
 # benchmarks/health.py: the default recipe (He init) learns, the paper's init and
 # PyTorch's at lr 0.02 stay at ln 10 (see health.py's docstring)
-HE = [3.2622, 2.2594, 2.0575, 1.7121, 1.4664, 1.3472, 1.2522, 1.1773, 1.1536, 1.0885, 1.0565, 1.0841,
-      1.0309, 1.0421, 1.0091, 0.9803, 0.9882, 0.9741, 0.9765, 0.9514, 0.9759, 0.9451, 0.9396]
-PAPER = [2.3625, 2.3633, 2.3691, 2.3603, 2.3713, 2.3502, 2.3176, 2.3133, 2.3099, 2.3101, 2.3099, 2.3065,
-         2.3055, 2.3058, 2.3045, 2.3046, 2.3034, 2.3056, 2.3033, 2.3042, 2.3042, 2.3048, 2.3038]
-TORCH_LR002 = [2.3024, 2.303, 2.3034, 2.3035, 2.3029, 2.3023, 2.3023, 2.3023, 2.3026, 2.3028, 2.3028, 2.3031,
-               2.3026, 2.3024, 2.3026, 2.3023, 2.3023, 2.3023, 2.3017, 2.3019, 2.3016, 2.3011, 2.3002]
+HE = [
+    3.2622,
+    2.2594,
+    2.0575,
+    1.7121,
+    1.4664,
+    1.3472,
+    1.2522,
+    1.1773,
+    1.1536,
+    1.0885,
+    1.0565,
+    1.0841,
+    1.0309,
+    1.0421,
+    1.0091,
+    0.9803,
+    0.9882,
+    0.9741,
+    0.9765,
+    0.9514,
+    0.9759,
+    0.9451,
+    0.9396,
+]
+PAPER = [
+    2.3625,
+    2.3633,
+    2.3691,
+    2.3603,
+    2.3713,
+    2.3502,
+    2.3176,
+    2.3133,
+    2.3099,
+    2.3101,
+    2.3099,
+    2.3065,
+    2.3055,
+    2.3058,
+    2.3045,
+    2.3046,
+    2.3034,
+    2.3056,
+    2.3033,
+    2.3042,
+    2.3042,
+    2.3048,
+    2.3038,
+]
+TORCH_LR002 = [
+    2.3024,
+    2.303,
+    2.3034,
+    2.3035,
+    2.3029,
+    2.3023,
+    2.3023,
+    2.3023,
+    2.3026,
+    2.3028,
+    2.3028,
+    2.3031,
+    2.3026,
+    2.3024,
+    2.3026,
+    2.3023,
+    2.3023,
+    2.3023,
+    2.3017,
+    2.3019,
+    2.3016,
+    2.3011,
+    2.3002,
+]
 
 
 def feed(monitor: HealthMonitor, means, first_step: int = WINDOW) -> list[HealthEvent]:

@@ -5,16 +5,38 @@ import csv
 import json
 import math
 
+import pytest
 import torch
 
 from alexnet.cli import main
+
+pytestmark = pytest.mark.slow  # every test trains (or uses fashion_run, which does)
 
 
 def test_the_paper_recipe_diverging_at_batch_4_stops(photo_folder, tmp_path, capsys):
     # issue 11: raw pixels, the paper's lr for batch 128 at batch 4 -> loss 49, then 1e32
     out = tmp_path / "run"
-    rc = main(["train", "--recipe", "paper", "--data", str(photo_folder), "--batch-size", "4", "--device", "cpu",
-               "--seed", "5", "--epochs", "2", "--workers", "0", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--recipe",
+            "paper",
+            "--data",
+            str(photo_folder),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--seed",
+            "5",
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert rc == 2
     error = [line for line in stderr.splitlines() if line.startswith("alexnet: error:")]
@@ -31,8 +53,29 @@ def test_the_paper_recipe_diverging_at_batch_4_stops(photo_folder, tmp_path, cap
 def test_a_flat_run_warns_in_its_first_epoch_and_goes_on(fashion_dir, tmp_path, capsys):
     # the paper's init leaves the small net at ln 10 (docs/BENCHMARKS.md); 2560 images = 20 steps
     out = tmp_path / "flat"
-    rc = main(["train", "--data-dir", fashion_dir, "--init", "paper", "--limit-train", "2560", "--limit-val", "256",
-               "--epochs", "2", "--amp", "off", "--flat-steps", "20", "--width", "0.5", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--data-dir",
+            fashion_dir,
+            "--init",
+            "paper",
+            "--limit-train",
+            "2560",
+            "--limit-val",
+            "256",
+            "--epochs",
+            "2",
+            "--amp",
+            "off",
+            "--flat-steps",
+            "20",
+            "--width",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert rc == 0
     warnings = [line for line in (stdout + stderr).splitlines() if "has not fallen below ln 10" in line]

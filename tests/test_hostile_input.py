@@ -30,52 +30,87 @@ import random
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from alexnet.augment import Preprocess
 from alexnet.checkpoint import load_inference
-from alexnet.cli import main
 from alexnet.data import load_image, stored_transform
 from alexnet.errors import UserError
 from alexnet.predict import predict
 
+DEADLINE = 300  # seconds: a subprocess that takes longer hangs (a safety net, not a measure)
 
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+# `python -m alexnet` that ends (exit 99, "pixels decoded: ..." on stderr) the moment PIL is
+# asked for pixels: ImageFile.load (every file's pixels go through it) or a decoder
+NO_DECODING = """
+import os, runpy, sys
+from PIL import Image, ImageFile
+
+def decoded(what):
+    sys.stderr.write(f"pixels decoded: {what}\\n")
+    sys.stderr.flush()
+    os._exit(99)
+
+ImageFile.ImageFile.load = lambda self, *args, **kwargs: decoded(self.filename)
+Image._getdecoder = lambda mode, name, *args, **kwargs: decoded(f"{name} decoder")
+runpy.run_module("alexnet", run_name="__main__", alter_sys=True)
+"""
 
 
-def one_line_error(rc, err, *needles):
-    assert "Traceback" not in err, err
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
+def cli_subprocess(*argv, decode=True):
+    """`python -m alexnet ...` in a subprocess, stopped if it hangs: (rc, stdout, stderr).
+    decode=False: the process ends (exit 99) the moment it decodes a pixel."""
+    entry = ["-m", "alexnet"] if decode else ["-c", NO_DECODING]
+    r = subprocess.run(
+        [sys.executable, *entry, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return r.returncode, r.stdout, r.stderr
 
 
-def cli_subprocess(*argv, timeout=60):
-    """`python -m alexnet ...` with a timeout: (rc, stdout, stderr, seconds)."""
-    started = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "alexnet", *map(str, argv)], capture_output=True,
-                       text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return r.returncode, r.stdout, r.stderr, time.perf_counter() - started
+_REAL_LOAD, _REAL_GETDECODER = ImageFile.ImageFile.load, Image._getdecoder
+
+
+def watch_decoding(monkeypatch, refuse: bool = False) -> list[str]:
+    """Records every request for pixels in this process (ImageFile.load: the image's file
+    name; a PIL decoder: its name) in the list returned. refuse=True: a request fails
+    with an AssertionError (which no handler in load_image catches) instead of decoding,
+    so that a regression cannot decode a bomb in the test's process."""
+    requests = []
+
+    def request(what: str) -> None:
+        requests.append(what)
+        assert not refuse, f"{what}: pixels decoded"
+
+    def load(self, *args, **kwargs):
+        request(self.filename)
+        return _REAL_LOAD(self, *args, **kwargs)
+
+    def getdecoder(mode, name, *args, **kwargs):
+        request(f"{name} decoder")
+        return _REAL_GETDECODER(mode, name, *args, **kwargs)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    monkeypatch.setattr(Image, "_getdecoder", getdecoder)
+    return requests
 
 
 def png_header_bomb(path, width, height):
     """A valid 1-bit grayscale PNG of width x height black pixels, compressed ~1000:1,
     written without ever holding the image in memory."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     z = zlib.compressobj(9)
     row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
     idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
@@ -102,7 +137,7 @@ def files(tmp_path_factory, photos):
     f["text"].write_text("not a picture\n")
     jpeg = photos["astronaut.jpg"].read_bytes()
     f["truncated"] = d / "truncated.jpg"
-    f["truncated"].write_bytes(jpeg[:len(jpeg) // 2])
+    f["truncated"].write_bytes(jpeg[: len(jpeg) // 2])
     f["no_end_marker"] = d / "no_eoi.jpg"
     f["no_end_marker"].write_bytes(jpeg[:-2])  # FF D9 cut off
     f["bomb"] = png_header_bomb(d / "bomb.png", 30000, 30000)  # 900 MP > 2 x 89.5 MP
@@ -128,55 +163,71 @@ def files(tmp_path_factory, photos):
 
 # ------------------------------------------------------------------- images: errors
 
-@pytest.mark.parametrize("kind, needle", [
-    ("missing", "no such file"),
-    ("directory", "not a file"),
-    ("empty", "not a readable image"),
-    ("text", "not a readable image"),
-    # A truncated JPEG is an error, not a partial decode: PIL could fill the missing rows
-    # with grey (ImageFile.LOAD_TRUNCATED_IMAGES), but the model would then classify a
-    # half-grey photo with confidence and nobody would know. Even a file missing only its
-    # 2-byte end marker is refused: PIL is strict there, and so are we.
-    ("truncated", "truncated"),
-    ("no_end_marker", "truncated"),
-])
-def test_unreadable_images_are_one_line_errors(kind, needle, ckpt, files, capsys):
-    rc, out, err = run(capsys, "predict", ckpt, files[kind])
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("missing", "no such file"),
+        ("directory", "not a file"),
+        ("empty", "not a readable image"),
+        ("text", "not a readable image"),
+        # A truncated JPEG is an error, not a partial decode: PIL could fill the missing rows
+        # with grey (ImageFile.LOAD_TRUNCATED_IMAGES), but the model would then classify a
+        # half-grey photo with confidence and nobody would know. Even a file missing only its
+        # 2-byte end marker is refused: PIL is strict there, and so are we.
+        ("truncated", "truncated"),
+        ("no_end_marker", "truncated"),
+    ],
+)
+def test_unreadable_images_are_one_line_errors(kind, needle, ckpt, files, cli, one_line_error):
+    rc, out, err = cli("predict", ckpt, files[kind])
     one_line_error(rc, err, files[kind], needle)
     assert out == ""
 
 
-def test_a_bad_image_among_good_ones_fails_the_whole_call(ckpt, files, photos, capsys):
-    rc, out, err = run(capsys, "predict", ckpt, photos["astronaut.jpg"], files["truncated"],
-                       photos["coffee.png"])
+@pytest.mark.slow
+def test_a_bad_image_among_good_ones_fails_the_whole_call(ckpt, files, photos, cli, one_line_error):
+    rc, out, err = cli("predict", ckpt, photos["astronaut.jpg"], files["truncated"], photos["coffee.png"])
     one_line_error(rc, err, files["truncated"])
     assert out == ""  # all or nothing: no partial list that looks complete
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, pixels", [("bomb", "900,000,000"), ("over_limit", "100,000,000")])
-def test_decompression_bombs_are_refused_from_the_header(kind, pixels, ckpt, files):
+def test_decompression_bombs_are_refused_from_the_header(
+    kind, pixels, ckpt, files, photos, one_line_error, monkeypatch
+):
     assert files[kind].stat().st_size < 200_000  # a tiny file that claims a huge image
-    rc, out, err, seconds = cli_subprocess("predict", ckpt, files[kind])
+    # the command, in a process that ends the moment it decodes a pixel
+    rc, out, err = cli_subprocess("predict", ckpt, files[kind], decode=False)
     line = one_line_error(rc, err, files[kind], pixels, "decompression bomb")
     assert f"{Image.MAX_IMAGE_PIXELS:,}" in line
-    assert seconds < 30  # refused from the header: decoding 900 MP alone takes longer
-    started = time.perf_counter()
-    with pytest.raises(UserError):
+    # load_image: refused before PIL is asked for a single pixel
+    requests = watch_decoding(monkeypatch, refuse=True)
+    with pytest.raises(UserError, match="decompression bomb"):
         load_image(files[kind], 3)
-    assert time.perf_counter() - started < 1.0
+    assert requests == []
+    requests = watch_decoding(monkeypatch)
+    load_image(photos["tiny.png"], 3)  # the watch does see a decoded image
+    assert str(photos["tiny.png"]) in requests
 
 
-def test_topk_below_one_is_an_error(ckpt, photos, capsys):
-    rc, _, err = run(capsys, "predict", ckpt, photos["astronaut.jpg"], "--topk", "0")
+@pytest.mark.slow
+def test_topk_below_one_is_an_error(ckpt, photos, cli, one_line_error):
+    rc, _, err = cli("predict", ckpt, photos["astronaut.jpg"], "--topk", "0")
     one_line_error(rc, err, "--topk")
 
 
 # -------------------------------------------------------------- images: predictions
 
-@pytest.mark.parametrize("name", ["chelsea_cmyk.jpg", "camera_16bit.png", "chelsea_rgba.png",
-                                  "chelsea_palette.png", "tiny.png"])
-def test_unusual_modes_predict(name, ckpt, photos, capsys):
-    rc, out, err = run(capsys, "predict", ckpt, photos[name], "--json")
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["chelsea_cmyk.jpg", "camera_16bit.png", "chelsea_rgba.png", "chelsea_palette.png", "tiny.png"]
+)
+def test_unusual_modes_predict(name, ckpt, photos, cli):
+    rc, out, err = cli("predict", ckpt, photos[name], "--json")
     assert rc == 0 and err == "", err
     [r] = json.loads(out)
     probs = [p["probability"] for p in r["predictions"]]
@@ -206,8 +257,11 @@ def test_modes_convert_to_the_right_pixels(photos):
     assert (x == x[:, :1, :1]).all()
 
 
-@pytest.mark.parametrize("orientation, transpose", [
-    (3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90)])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "orientation, transpose",
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90)],
+)
 def test_exif_rotated_photo_is_seen_upright(orientation, transpose, files, fashion_run):
     rotated = load_image(files[f"exif{orientation}"], 3)
     upright = load_image(files["plain"], 3).transpose(transpose)  # rotated by hand
@@ -217,39 +271,48 @@ def test_exif_rotated_photo_is_seen_upright(orientation, transpose, files, fashi
     loaded = load_inference(fashion_run / "last.pt", torch.device("cpu"))
     cfg, m = loaded.config, loaded.config.model
     pre = Preprocess(cfg.data, m.input_size, torch.device("cpu"), False, loaded.mean_image)
-    fed = [pre(stored_transform(cfg.data.resize)(img)[None]) for img in
-           (load_image(files[f"exif{orientation}"], 1), load_image(files["plain"], 1).transpose(transpose),
-            load_image(files["plain"], 1))]
+    fed = [
+        pre(stored_transform(cfg.data.resize)(img)[None])
+        for img in (
+            load_image(files[f"exif{orientation}"], 1),
+            load_image(files["plain"], 1).transpose(transpose),
+            load_image(files["plain"], 1),
+        )
+    ]
     assert torch.equal(fed[0], fed[1])
     assert not torch.equal(fed[0], fed[2])  # the rotation matters: the test can tell
 
 
-def test_exif_rotated_photo_predicts_as_the_rotated_file(ckpt, files, tmp_path, capsys):
+@pytest.mark.slow
+def test_exif_rotated_photo_predicts_as_the_rotated_file(ckpt, files, tmp_path, cli):
     by_hand = tmp_path / "by_hand.png"
     load_image(files["plain"], 3).transpose(Image.Transpose.ROTATE_270).save(by_hand)  # lossless
-    rc, out, err = run(capsys, "predict", ckpt, files["exif6"], by_hand, "--json", "--topk", "10")
+    rc, out, err = cli("predict", ckpt, files["exif6"], by_hand, "--json", "--topk", "10")
     assert rc == 0, err
     a, b = json.loads(out)
     assert a["predictions"] == b["predictions"]
 
 
-def test_animated_gif_gives_its_first_frame(ckpt, files, capsys):
+@pytest.mark.slow
+def test_animated_gif_gives_its_first_frame(ckpt, files, cli):
     first, second = (np.asarray(f.convert("RGB")) for f in files["gif_frames"])
     got = np.asarray(load_image(files["gif"], 3))
     assert np.array_equal(got, first) and not np.array_equal(got, second)
-    rc, out, err = run(capsys, "predict", ckpt, files["gif"])
+    rc, out, err = cli("predict", ckpt, files["gif"])
     assert rc == 0 and err == "" and str(files["gif"]) in out
 
 
+@pytest.mark.slow
 def test_strip_is_cropped_not_blown_up(ckpt, files):
     img = load_image(files["strip"], 3)
     assert img.size == (64, 1)  # the central 64:1; 256 x 5,120,000 pixels otherwise
     assert stored_transform(256)(img).shape == (3, 256, 256)
-    rc, out, err, _ = cli_subprocess("predict", ckpt, files["strip"], "--json")
+    rc, out, err = cli_subprocess("predict", ckpt, files["strip"], "--json")
     assert rc == 0, err
     assert len(json.loads(out)[0]["predictions"]) == 5
 
 
+@pytest.mark.slow
 def test_many_images_go_through_in_batches(ckpt, photos):
     images = [str(p) for p in photos.values()] * 3  # 30 files
     whole = predict(str(ckpt), images, topk=3, device="cpu")
@@ -282,7 +345,7 @@ def test_random_corruptions_are_images_or_user_errors(tmp_path):
             b = bytearray(rng.choice(blobs))
             kind = rng.choice(["cut", "flip", "both"])
             if kind != "flip":
-                b = b[:rng.randrange(len(b))]
+                b = b[: rng.randrange(len(b))]
             if kind != "cut":
                 for _ in range(rng.randint(1, 20)):
                     if b:
@@ -300,6 +363,7 @@ def test_random_corruptions_are_images_or_user_errors(tmp_path):
 
 # --------------------------------------------------------------------- checkpoints
 
+
 @pytest.fixture(scope="module")
 def bad_ckpts(tmp_path_factory, fashion_run):
     import torchvision
@@ -314,7 +378,7 @@ def bad_ckpts(tmp_path_factory, fashion_run):
     c["random"] = d / "random.pt"
     c["random"].write_bytes(random.Random(0).randbytes(5000))
     c["truncated"] = d / "truncated.pt"
-    c["truncated"].write_bytes(good[:len(good) // 2])
+    c["truncated"].write_bytes(good[: len(good) // 2])
     flipped = bytearray(good)
     flipped[-30] ^= 0xFF  # inside the zip's end-of-central-directory record
     c["flipped"] = d / "flipped.pt"
@@ -331,14 +395,19 @@ def bad_ckpts(tmp_path_factory, fashion_run):
     c["variant"] = edited("variant.pt", lambda s: s["config"]["model"].update(name="owt", input_size=224))
     c["classes"] = edited("classes.pt", lambda s: s.update(classes=s["classes"][:4]))
     c["no_data_config"] = edited("no_data.pt", lambda s: s["config"].pop("data"))
-    c["nan"] = edited("nan.pt", lambda s: s.update(
-        model={k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s["model"].items()}))
+    c["nan"] = edited(
+        "nan.pt",
+        lambda s: s.update(
+            model={k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s["model"].items()}
+        ),
+    )
     c["mean_image"] = edited("mean.pt", lambda s: s.update(mean_image=torch.zeros(3, 28, 28)))
     c["mean_image_size"] = edited("mean_size.pt", lambda s: s.update(mean_image=torch.zeros(1, 5, 5)))
     st = (fashion_run / "model.safetensors").read_bytes()
     c["safetensors_truncated"] = d / "truncated.safetensors"
-    c["safetensors_truncated"].write_bytes(st[:len(st) // 2])
+    c["safetensors_truncated"].write_bytes(st[: len(st) // 2])
     from safetensors.torch import save_file
+
     c["safetensors_bare"] = d / "bare.safetensors"
     save_file({"features.0.weight": torch.zeros(2, 2)}, c["safetensors_bare"])
     return c
@@ -363,32 +432,36 @@ CHECKPOINT_KINDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 @pytest.mark.parametrize("kind, needle", CHECKPOINT_KINDS)
-def test_bad_checkpoints_are_one_line_errors(command, kind, needle, bad_ckpts, photos, capsys):
+def test_bad_checkpoints_are_one_line_errors(command, kind, needle, bad_ckpts, photos, cli, one_line_error):
     args = [photos["astronaut.jpg"]] if command == "predict" else ["--limit", "10"]
-    rc, out, err = run(capsys, command, bad_ckpts[kind], *args)
+    rc, out, err = cli(command, bad_ckpts[kind], *args)
     one_line_error(rc, err, bad_ckpts[kind], needle)
     assert out == ""
 
 
-def test_predict_refuses_outputs_that_overflow(fashion_run, photos, tmp_path, capsys):
+@pytest.mark.slow
+def test_predict_refuses_outputs_that_overflow(fashion_run, photos, tmp_path, cli, one_line_error):
     """Finite weights so large that the logits overflow: NaN probabilities are an error,
     not `nan%  Ankle boot`."""
     state = torch.load(fashion_run / "last.pt", weights_only=True)
     state["model"] = {k: v * 1e30 if v.is_floating_point() else v for k, v in state["model"].items()}
     huge = tmp_path / "huge.pt"
     torch.save(state, huge)
-    rc, out, err = run(capsys, "predict", huge, photos["astronaut.jpg"])
+    rc, out, err = cli("predict", huge, photos["astronaut.jpg"])
     one_line_error(rc, err, huge, photos["astronaut.jpg"], "not finite")
 
 
-def test_evaluate_missing_data_folder(ckpt, tmp_path, capsys):
-    rc, _, err = run(capsys, "evaluate", ckpt, "--data", tmp_path / "nowhere")
+@pytest.mark.slow
+def test_evaluate_missing_data_folder(ckpt, tmp_path, cli, one_line_error):
+    rc, _, err = cli("evaluate", ckpt, "--data", tmp_path / "nowhere")
     one_line_error(rc, err, tmp_path / "nowhere")
 
 
-def test_evaluate_folder_with_unreadable_images(tmp_path, files, photos, capsys):
+@pytest.mark.slow
+def test_evaluate_folder_with_unreadable_images(tmp_path, files, photos, cli, one_line_error):
     """A val/ folder holding a text file named .jpg, a truncated JPEG and a decompression
     bomb beside six good photos: evaluate either skips them (and counts only the six) or
     stops with one line naming one of them; never a traceback (also from loader workers)."""
@@ -404,18 +477,29 @@ def test_evaluate_folder_with_unreadable_images(tmp_path, files, photos, capsys)
             (root / split / cls).mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(arr).resize((100 + 10 * i, 90)).save(root / split / cls / f"{i}.jpg")
-    bad = [root / "val" / "cat" / "notes.jpg", root / "val" / "cat" / "truncated.jpg",
-           root / "val" / "coffee" / "bomb.png"]
+    bad = [
+        root / "val" / "cat" / "notes.jpg",
+        root / "val" / "cat" / "truncated.jpg",
+        root / "val" / "coffee" / "bomb.png",
+    ]
     bad[0].write_bytes(files["text"].read_bytes())
     bad[1].write_bytes(files["truncated"].read_bytes())
     bad[2].write_bytes(files["bomb"].read_bytes())
     m = ModelConfig(name="small", num_classes=2, in_channels=3, input_size=64, width=0.25)
-    cfg = RunConfig(model=m, data=DataConfig(name=str(root), resize=72, mean_image=False, workers=1),
-                    train=TrainConfig())
+    cfg = RunConfig(
+        model=m, data=DataConfig(name=str(root), resize=72, mean_image=False, workers=1), train=TrainConfig()
+    )
     ckpt = tmp_path / "folder.pt"
-    save_checkpoint(ckpt, {"config": cfg.to_dict(), "classes": ["cat", "coffee"],
-                           "class_names": ["cat", "coffee"], "model": AlexNet(m).state_dict()})
-    rc, out, err = run(capsys, "evaluate", ckpt, "--json", "--device", "cpu")
+    save_checkpoint(
+        ckpt,
+        {
+            "config": cfg.to_dict(),
+            "classes": ["cat", "coffee"],
+            "class_names": ["cat", "coffee"],
+            "model": AlexNet(m).state_dict(),
+        },
+    )
+    rc, out, err = cli("evaluate", ckpt, "--json", "--device", "cpu")
     assert "Traceback" not in err
     if rc == 0:
         assert json.loads(out)["images"] == 6

@@ -10,9 +10,8 @@ import torch
 from alexnet.cli import main
 from alexnet.config import DataConfig, TrainConfig
 from alexnet.data import load_image, load_split, stored_transform
+from alexnet.optim import lr_drops, make_scheduler
 from alexnet.stats import mean_image, rgb_pca
-from alexnet.train import lr_drops, make_scheduler
-
 from conftest import WNIDS
 
 
@@ -29,7 +28,7 @@ def flat_view(imagenet: Path, tmp: Path, *label_files) -> Path:
 
 def _labels(root: Path, **kw) -> list[tuple[str, str]]:
     split = load_split(False, DataConfig(name=str(root), workers=0, **kw), 4, ordered=True)
-    ds = split.loader.loader.dataset.dataset  # inside the unreadable-file wrapper
+    ds = split.loader.dataset  # the folder dataset the loader reads
     return sorted((Path(p).name, split.classes[y]) for p, y in ds.samples)
 
 
@@ -75,8 +74,13 @@ def test_rgb_pca_matches_the_covariance_of_the_pixels(imagenet):
     cfg = DataConfig(name=str(imagenet), workers=0)
     eigval, eigvec = rgb_pca(load_split(True, cfg, 5, ordered=True))
     transform = stored_transform(256)
-    px = torch.cat([transform(load_image(p, 3)).reshape(3, -1).double() / 255
-                    for p in sorted((imagenet / "train").rglob("*.JPEG"))], dim=1)
+    px = torch.cat(
+        [
+            transform(load_image(p, 3)).reshape(3, -1).double() / 255
+            for p in sorted((imagenet / "train").rglob("*.JPEG"))
+        ],
+        dim=1,
+    )
     cov = torch.cov(px, correction=0)
     v, P = torch.tensor(eigval, dtype=torch.float64), torch.tensor(eigvec, dtype=torch.float64)
     assert v[0] >= v[1] >= v[2] > 0
@@ -98,11 +102,12 @@ def test_plateau_schedule_drops_when_the_error_stops_improving_and_stops_after_t
             break
     # best 0.7 at epoch 3; 0.7, 0.699 (< 0.002 better), 0.7: three bad epochs > patience 2
     assert drops_after[:7] == [0, 0, 0, 0, 0, 1, 1]
-    assert drops_after.index(2) == 9      # 0.6 at 7, then three epochs without a gain
-    assert drops_after.index(3) == 13     # 0.5 at 11, then three more
+    assert drops_after.index(2) == 9  # 0.6 at 7, then three epochs without a gain
+    assert drops_after.index(3) == 13  # 0.5 at 11, then three more
     assert stopped_at == 17 and opt.param_groups[0]["lr"] == pytest.approx(1e-6)
 
 
+@pytest.mark.slow
 def test_paper_recipe_end_to_end(imagenet, tmp_path, capsys):
     out = tmp_path / "run"
     pca = tmp_path / "pca.json"
@@ -110,9 +115,29 @@ def test_paper_recipe_end_to_end(imagenet, tmp_path, capsys):
     capsys.readouterr()
     # lr so small that the validation error cannot move: the plateau rule then drops the lr
     # at epochs 2, 3, 4 and stops at the fourth plateau, epoch 5 (patience 0)
-    rc = main(["train", "--data", str(imagenet), "--recipe", "paper", "--epochs", "8", "--lr", "1e-9",
-               "--batch-size", "4", "--plateau-patience", "0", "--workers", "0", "--pca", str(pca),
-               "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(imagenet),
+            "--recipe",
+            "paper",
+            "--epochs",
+            "8",
+            "--lr",
+            "1e-9",
+            "--batch-size",
+            "4",
+            "--plateau-patience",
+            "0",
+            "--workers",
+            "0",
+            "--pca",
+            str(pca),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     log = capsys.readouterr().out
     cfg = json.loads((out / "config.json").read_text())

@@ -15,26 +15,13 @@ from alexnet.cli import main
 from alexnet.config import DataConfig, RunConfig
 from alexnet.model import build_model
 
-TORCHVISION_EVAL = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                              T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+TORCHVISION_EVAL = T.Compose(
+    [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+)
 # alexnet resizes uint8 tensors, torchvision's pipeline PIL images: a few pixels of a
 # non-square photo (0.4% of coffee.png's) land one level apart, which moves the
 # probabilities of the sharpened random model below by up to ~2e-4.
 PIXEL_ROUNDING = 1e-3
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(rc, err, *needles):
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet: error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def _torchvision_model(seed: int, num_classes: int = 1000) -> torch.nn.Module:
@@ -58,6 +45,7 @@ def imported(tmp_path_factory):
     return model, tmp / "owt.pt"
 
 
+@pytest.mark.slow
 def test_imported_logits_equal_torchvision(imported):
     tv, ckpt = imported
     model, cfg, classes = load_model(ckpt, torch.device("cpu"))
@@ -71,10 +59,11 @@ def test_imported_logits_equal_torchvision(imported):
     assert cfg.data.std == pytest.approx((58.395, 57.12, 57.375))
 
 
-def test_predict_matches_torchvision_preprocessing(imported, photos, capsys):
+@pytest.mark.slow
+def test_predict_matches_torchvision_preprocessing(imported, photos, cli):
     tv, ckpt = imported
     files = [photos[n] for n in ("astronaut.jpg", "coffee.png", "chelsea_rgba.png")]
-    rc, out, err = run(capsys, "predict", ckpt, *files, "--topk", "5", "--device", "cpu", "--json")
+    rc, out, err = cli("predict", ckpt, *files, "--topk", "5", "--device", "cpu", "--json")
     assert rc == 0, err
     for f, r in zip(files, json.loads(out)):
         with torch.no_grad():
@@ -85,14 +74,16 @@ def test_predict_matches_torchvision_preprocessing(imported, photos, capsys):
         assert (ours - top.values).abs().max() < PIXEL_ROUNDING, f
 
 
-def test_evaluate_on_a_folder_matches_torchvision(photos, tmp_path, capsys):
+@pytest.mark.slow
+def test_evaluate_on_a_folder_matches_torchvision(photos, tmp_path, cli):
     """A 4-class import evaluated on a folder gets torchvision's accuracy and loss."""
     tv = _torchvision_model(1, num_classes=4)
     torch.save(tv.state_dict(), tmp_path / "tv4.pth")
     names = ["ant", "bee", "cat", "dog"]
     (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
-    rc, _, err = run(capsys, "import-torchvision", tmp_path / "tv4.pth", tmp_path / "tv4.pt",
-                     "--classes", tmp_path / "classes.txt")
+    rc, _, err = cli(
+        "import-torchvision", tmp_path / "tv4.pth", tmp_path / "tv4.pt", "--classes", tmp_path / "classes.txt"
+    )
     assert rc == 0, err
     labelled = []
     for i, (name, f) in enumerate(sorted(photos.items())):
@@ -103,14 +94,12 @@ def test_evaluate_on_a_folder_matches_torchvision(photos, tmp_path, capsys):
     with torch.no_grad():
         logits = tv(torch.stack([TORCHVISION_EVAL(img) for img, _ in labelled]))
     labels = torch.tensor([label for _, label in labelled])
-    rc, out, err = run(capsys, "evaluate", tmp_path / "tv4.pt", "--data", tmp_path / "data",
-                       "--device", "cpu", "--json")
+    rc, out, err = cli("evaluate", tmp_path / "tv4.pt", "--data", tmp_path / "data", "--device", "cpu", "--json")
     assert rc == 0, err
     r = json.loads(out)
     assert r["images"] == len(labelled)
     assert r["top1"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
-    assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(),
-                                abs=PIXEL_ROUNDING)
+    assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), abs=PIXEL_ROUNDING)
 
 
 class _Exploit:
@@ -121,7 +110,8 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_import_bad_input(capsys, tmp_path):
+@pytest.mark.slow
+def test_import_bad_input(cli, tmp_path, one_line_error):
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("hello, these are not weights")
     marker = tmp_path / "pwned"
@@ -134,23 +124,29 @@ def test_import_bad_input(capsys, tmp_path):
     resnet_like = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, resnet_like)
     out = tmp_path / "out.pt"
-    for bad, needle in ((tmp_path / "missing.pth", "no such file"), (tmp_path, "not a file"),
-                        (garbage, "not readable"), (evil, "not readable"), (a_list, "not a state dict"),
-                        (paper, "do not fit"), (resnet_like, "classifier.6.weight")):
-        rc, _, err = run(capsys, "import-torchvision", bad, out)
-        _one_line_error(rc, err, str(bad), needle)
+    for bad, needle in (
+        (tmp_path / "missing.pth", "no such file"),
+        (tmp_path, "not a file"),
+        (garbage, "not readable"),
+        (evil, "not readable"),
+        (a_list, "not a state dict"),
+        (paper, "do not fit"),
+        (resnet_like, "classifier.6.weight"),
+    ):
+        rc, _, err = cli("import-torchvision", bad, out)
+        one_line_error(rc, err, str(bad), needle)
     assert not out.exists() and not marker.exists()
 
     good = tmp_path / "tv.pth"
     torch.save(torchvision.models.alexnet(weights=None, num_classes=3).state_dict(), good)
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    rc, _, err = run(capsys, "import-torchvision", good, out, "--classes", names)
-    _one_line_error(rc, err, str(names), "2 class names", "3 classes")
-    rc, _, _ = run(capsys, "import-torchvision", good, out)
+    rc, _, err = cli("import-torchvision", good, out, "--classes", names)
+    one_line_error(rc, err, str(names), "2 class names", "3 classes")
+    rc, _, _ = cli("import-torchvision", good, out)
     assert rc == 0 and load_model(out, torch.device("cpu"))[2] == ["class_0", "class_1", "class_2"]
-    rc, _, err = run(capsys, "import-torchvision", out, tmp_path / "again.pt")
-    _one_line_error(rc, err, str(out), "already an alexnet checkpoint")
+    rc, _, err = cli("import-torchvision", out, tmp_path / "again.pt")
+    one_line_error(rc, err, str(out), "already an alexnet checkpoint")
 
 
 # ------------------------------------------------------------------------ ONNX export
@@ -165,8 +161,15 @@ def _checkpoint(path, name: str, **options):
     c = model.config
     data = DataConfig(mean=(120.0,) * c.in_channels, std=(60.0,) * c.in_channels)
     classes = [f"c{i}" for i in range(c.num_classes)]
-    save_checkpoint(path, {"config": RunConfig(model=c, data=data).to_dict(), "classes": classes,
-                           "model": model.state_dict(), "epoch": 0})
+    save_checkpoint(
+        path,
+        {
+            "config": RunConfig(model=c, data=data).to_dict(),
+            "classes": classes,
+            "model": model.state_dict(),
+            "epoch": 0,
+        },
+    )
     return path
 
 
@@ -187,6 +190,7 @@ def _pixels_preprocessed(cfg, batch: int) -> torch.Tensor:
     return (x - torch.tensor(d.mean).view(1, -1, 1, 1)) / torch.tensor(d.std).view(1, -1, 1, 1)
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_for_batches_1_and_3(exported):
     import onnxruntime as ort
 
@@ -204,6 +208,7 @@ def test_onnx_matches_pytorch_for_batches_1_and_3(exported):
         assert diff < 1e-4 and diff < 1e-3 * scale, (cfg.model.name, batch, diff, scale)
 
 
+@pytest.mark.slow
 def test_onnx_metadata(exported):
     import onnx
 
@@ -214,12 +219,13 @@ def test_onnx_metadata(exported):
     assert json.loads(meta["mean"]) == list(cfg.data.mean) and json.loads(meta["std"]) == list(cfg.data.std)
 
 
-def test_onnx_metadata_carries_a_mean_image(tmp_path, capsys):
+@pytest.mark.slow
+def test_onnx_metadata_carries_a_mean_image(tmp_path, cli):
     ckpt = _checkpoint(tmp_path / "small.pt", "small")
     state = torch.load(ckpt, weights_only=True)
     state["mean_image"] = torch.rand(1, 28, 28) * 255  # what a model trained with §2's mean image carries
     torch.save(state, ckpt)
-    rc, _, err = run(capsys, "export", ckpt, "--onnx", tmp_path / "m.onnx")
+    rc, _, err = cli("export", ckpt, "--onnx", tmp_path / "m.onnx")
     assert rc == 0, err
     import onnx
 
@@ -240,10 +246,10 @@ def test_lrn_export_path_is_the_same_function():
         assert torch.equal(lrn(xl), lrn_expression(xl, lrn.band, lrn.size, lrn.k, lrn.alpha, lrn.beta))
 
 
-def test_export_bad_input(capsys, tmp_path):
-    rc, _, err = run(capsys, "export", tmp_path / "missing.pt", "--onnx", tmp_path / "m.onnx")
-    _one_line_error(rc, err, str(tmp_path / "missing.pt"))
+def test_export_bad_input(cli, tmp_path, one_line_error):
+    rc, _, err = cli("export", tmp_path / "missing.pt", "--onnx", tmp_path / "m.onnx")
+    one_line_error(rc, err, str(tmp_path / "missing.pt"))
     ckpt = _checkpoint(tmp_path / "small.pt", "small")
-    rc, _, err = run(capsys, "export", ckpt, "--onnx", tmp_path / "m.onnx", "--batch-size", "0")
-    _one_line_error(rc, err, "batch-size")
+    rc, _, err = cli("export", ckpt, "--onnx", tmp_path / "m.onnx", "--batch-size", "0")
+    one_line_error(rc, err, "batch-size")
     assert not (tmp_path / "m.onnx").exists()

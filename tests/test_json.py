@@ -16,12 +16,12 @@ from torchvision.datasets import FashionMNIST
 
 from alexnet import jsonio
 from alexnet.checkpoint import save_checkpoint, save_weights
-from alexnet.cli import build_parser, main
+from alexnet.cli import build_parser
 from alexnet.config import RunConfig
 from alexnet.experiments import run as run_experiment
 from alexnet.jsonio import NON_FINITE, sanitize, to_json, write_json
 from alexnet.model import AlexNet
-from alexnet.presets import resolve
+from alexnet.recipes import resolve
 
 NAN, INF = float("nan"), float("inf")
 
@@ -35,13 +35,8 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=_refuse)
 
 
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 # ------------------------------------------------------------------------------ the helper
+
 
 def test_strict_loads_refuses_what_json_dumps_writes():
     with pytest.raises(ValueError, match="NaN"):
@@ -55,8 +50,11 @@ def test_non_finite_becomes_null_with_a_record(value, kind):
 
 
 def test_nested_dicts_lists_and_tuples():
-    obj = {"eigval": [1.0, NAN, (2.0, -INF)], "arms": {"a": {"mean": INF, "n": 2}},
-           "queries": [{"distance": NAN, "index": 3}, {"distance": 1.5}]}
+    obj = {
+        "eigval": [1.0, NAN, (2.0, -INF)],
+        "arms": {"a": {"mean": INF, "n": 2}},
+        "queries": [{"distance": NAN, "index": 3}, {"distance": 1.5}],
+    }
     assert strict_loads(to_json(obj)) == {
         "eigval": [1.0, None, [2.0, None]],
         "arms": {"a": {"mean": None, "n": 2, NON_FINITE: {"mean": "inf"}}},
@@ -72,13 +70,27 @@ def test_top_level_lists():
 
 
 def test_tensors_and_numpy_values():
-    obj = {"t0": torch.tensor(NAN), "t1": torch.tensor([1.0, INF]), "ok": torch.tensor(3),
-           "f32": np.float32(-INF), "f64": np.float64(0.5), "arr": np.array([[NAN, 2.0]]),
-           "i64": np.int64(7), "flag": np.bool_(True)}
+    obj = {
+        "t0": torch.tensor(NAN),
+        "t1": torch.tensor([1.0, INF]),
+        "ok": torch.tensor(3),
+        "f32": np.float32(-INF),
+        "f64": np.float64(0.5),
+        "arr": np.array([[NAN, 2.0]]),
+        "i64": np.int64(7),
+        "flag": np.bool_(True),
+    }
     assert strict_loads(to_json(obj)) == {
-        "t0": None, "t1": [1.0, None], "ok": 3, "f32": None, "f64": 0.5, "arr": [[None, 2.0]],
-        "i64": 7, "flag": True,
-        NON_FINITE: {"t0": "nan", "t1[1]": "inf", "f32": "-inf", "arr[0][0]": "nan"}}
+        "t0": None,
+        "t1": [1.0, None],
+        "ok": 3,
+        "f32": None,
+        "f64": 0.5,
+        "arr": [[None, 2.0]],
+        "i64": 7,
+        "flag": True,
+        NON_FINITE: {"t0": "nan", "t1[1]": "inf", "f32": "-inf", "arr[0][0]": "nan"},
+    }
 
 
 def test_finite_input_is_written_as_json_dumps_writes_it():
@@ -113,6 +125,7 @@ def test_write_json_is_atomic_and_strict(tmp_path):
 
 # ------------------------------------------------------------------------------ CLI, end to end
 
+
 def _commands_with_json() -> set[str]:
     sub = build_parser()._subparsers._group_actions[0]
     return {name for name, p in sub.choices.items() if "--json" in p._option_string_actions}
@@ -139,15 +152,25 @@ def checkpoints(fashion_dir, tmp_path_factory) -> dict[str, Path]:
     training to wait for); nan: its weights all NaN (refused on load); overflow: finite
     weights so large that activations overflow, so the outputs (loss, distances) are NaN."""
     folder = tmp_path_factory.mktemp("json-checkpoints")
-    cfg = resolve("fashion-mnist", {"name": None, "width": 0.5}, {"data_dir": fashion_dir},
-                  {"out": str(folder), "amp": "off"})  # train writes the precision it chose, not auto
+    cfg = resolve(
+        "fashion-mnist", {"name": None, "width": 0.5}, {"data_dir": fashion_dir}, {"out": str(folder), "amp": "off"}
+    )  # train writes the precision it chose, not auto
     torch.manual_seed(0)
     healthy = folder / "healthy.pt"
-    save_checkpoint(healthy, {"config": cfg.to_dict(), "model": AlexNet(cfg.model).state_dict(), "epoch": 0,
-                              "classes": list(FashionMNIST.classes)})
-    return {"healthy": healthy,
-            "nan": _with_weights(healthy, folder / "nan.pt", lambda v: torch.full_like(v, NAN)),
-            "overflow": _with_weights(healthy, folder / "overflow.pt", lambda v: torch.full_like(v, 1e30))}
+    save_checkpoint(
+        healthy,
+        {
+            "config": cfg.to_dict(),
+            "model": AlexNet(cfg.model).state_dict(),
+            "epoch": 0,
+            "classes": list(FashionMNIST.classes),
+        },
+    )
+    return {
+        "healthy": healthy,
+        "nan": _with_weights(healthy, folder / "nan.pt", lambda v: torch.full_like(v, NAN)),
+        "overflow": _with_weights(healthy, folder / "overflow.pt", lambda v: torch.full_like(v, 1e30)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +182,32 @@ def image(tmp_path_factory) -> Path:
 
 def _argv(command: str, ckpt: Path, fashion_dir: str, image: Path, tmp_path: Path) -> list:
     small = ["--device", "cpu", "--batch-size", 64]
-    return {"evaluate": ["evaluate", ckpt, "--data-dir", fashion_dir, "--limit", 64, *small],
-            "predict": ["predict", ckpt, image, "--device", "cpu"],
-            "filters": ["filters", ckpt, "--out", tmp_path / "filters.png"],
-            "neighbors": ["neighbors", ckpt, "--data-dir", fashion_dir, "--limit-train", 64,
-                          "--queries", 2, "--k", 2, "--out", tmp_path / "neighbors.png", *small],
-            }[command] + ["--json"]
+    return {
+        "evaluate": ["evaluate", ckpt, "--data-dir", fashion_dir, "--limit", 64, *small],
+        "predict": ["predict", ckpt, image, "--device", "cpu"],
+        "filters": ["filters", ckpt, "--out", tmp_path / "filters.png"],
+        "neighbors": [
+            "neighbors",
+            ckpt,
+            "--data-dir",
+            fashion_dir,
+            "--limit-train",
+            64,
+            "--queries",
+            2,
+            "--k",
+            2,
+            "--out",
+            tmp_path / "neighbors.png",
+            *small,
+        ],
+    }[command] + ["--json"]
 
 
 @pytest.mark.parametrize("weights", ["healthy", "nan", "overflow"])
 @pytest.mark.parametrize("command", CHECKPOINT_COMMANDS)
-def test_json_output_is_strict(command, weights, checkpoints, fashion_dir, image, tmp_path, capsys):
-    rc, out, err = run(capsys, *_argv(command, checkpoints[weights], fashion_dir, image, tmp_path))
+def test_json_output_is_strict(command, weights, checkpoints, fashion_dir, image, tmp_path, cli):
+    rc, out, err = cli(*_argv(command, checkpoints[weights], fashion_dir, image, tmp_path))
     if weights == "healthy":
         assert rc == 0, err
     if rc != 0:  # a refusal: a one-line error, and nothing on stdout a parser could choke on
@@ -184,20 +221,21 @@ def test_json_output_is_strict(command, weights, checkpoints, fashion_dir, image
             assert n["distance"] is None and n[NON_FINITE] == {"distance": "nan"}
 
 
-def test_weights_that_hold_nan_are_refused_before_any_output(checkpoints, fashion_dir, image, tmp_path,
-                                                             capsys):
+def test_weights_that_hold_nan_are_refused_before_any_output(checkpoints, fashion_dir, image, tmp_path, cli):
     for command in CHECKPOINT_COMMANDS:
-        rc, out, err = run(capsys, *_argv(command, checkpoints["nan"], fashion_dir, image, tmp_path))
+        rc, out, err = cli(*_argv(command, checkpoints["nan"], fashion_dir, image, tmp_path))
         assert rc == 2 and out == "" and "NaN" in err, (command, err)
 
 
-def test_summary_json_is_strict(capsys):
-    rc, out, _ = run(capsys, "summary", "--model", "small", "--in-channels", 1, "--num-classes", 10, "--json")
+def test_summary_json_is_strict(cli):
+    rc, out, _ = cli("summary", "--model", "small", "--in-channels", 1, "--num-classes", 10, "--json")
     assert rc == 0 and strict_loads(out)["params"] > 0
 
 
 # ------------------------------------------------------------------------------ files written
 
+
+@pytest.mark.slow
 def test_config_json_of_a_run_is_strict(fashion_run):
     assert strict_loads((fashion_run / "config.json").read_text())["model"]["name"] == "small"
 
@@ -212,17 +250,27 @@ def test_safetensors_metadata_is_strict(checkpoints, tmp_path):
         strict_loads(meta[key])
 
 
-def test_pca_and_pack_files_are_strict(imagenet, tmp_path, capsys):
-    rc, out, err = run(capsys, "pca", imagenet, "--workers", 0, "--out", tmp_path / "pca.json")
+def test_pca_and_pack_files_are_strict(imagenet, tmp_path, cli):
+    rc, out, err = cli("pca", imagenet, "--workers", 0, "--out", tmp_path / "pca.json")
     assert rc == 0, err
     assert strict_loads(out) == strict_loads((tmp_path / "pca.json").read_text())
-    rc, _, err = run(capsys, "pack", imagenet, tmp_path / "store", "--resize", 40, "--workers", 0)
+    rc, _, err = cli("pack", imagenet, tmp_path / "store", "--resize", 40, "--workers", 0)
     assert rc == 0, err
     assert strict_loads((tmp_path / "store" / "pack.json").read_text())["splits"]["train"]["count"] == 12
 
 
-FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
-          "epoch_seconds", "train_images_per_s")
+FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "train_images_per_s",
+)
 
 
 def _diverged_train(cfg, limit_train=None, limit_val=None):
@@ -231,8 +279,9 @@ def _diverged_train(cfg, limit_train=None, limit_val=None):
     with open(Path(cfg.train.out) / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
-        w.writerow({k: 1 for k in FIELDS} | {"train_loss": "nan", "val_loss": "inf", "val_top1": "nan",
-                                            "train_acc": 0.5})
+        w.writerow(
+            {k: 1 for k in FIELDS} | {"train_loss": "nan", "val_loss": "inf", "val_top1": "nan", "train_acc": 0.5}
+        )
 
 
 def test_experiment_results_of_a_diverged_run_are_strict(tmp_path):

@@ -11,7 +11,7 @@ def lrn_formula(a: torch.Tensor, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Ten
     out = torch.empty_like(a)
     for i in range(c):
         lo, hi = max(0, i - n // 2), min(c - 1, i + n // 2)
-        s = (a[:, lo:hi + 1] ** 2).sum(dim=1)
+        s = (a[:, lo : hi + 1] ** 2).sum(dim=1)
         out[:, i] = a[:, i] / (k + alpha * s) ** beta
     return out
 
@@ -29,7 +29,7 @@ def test_matches_the_formula(channels, channels_last, scale):
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), expected, rtol=2e-6, atol=1e-6 * scale)
     if scale == 100.0:  # the normalisation is not negligible here, so the test has teeth
-        assert (expected - x.double() / 2 ** 0.75).abs().max() > 0.1
+        assert (expected - x.double() / 2**0.75).abs().max() > 0.1
 
 
 def test_equals_torch_lrn_with_alpha_times_n():
@@ -66,7 +66,7 @@ def test_half_precision_keeps_the_normalisation(dtype):
         y = LocalResponseNorm(8)(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
     expected = lrn_formula(x.float())
-    assert (expected - x.double() / 2 ** 0.75).abs().max() > 10  # the layer does something
+    assert (expected - x.double() / 2**0.75).abs().max() > 10  # the layer does something
     torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=0.05)
 
 
@@ -76,6 +76,7 @@ def test_band_is_not_in_the_state_dict_and_follows_dtype_moves():
     assert m.band.shape == (6, 6) and int(m.band.sum()) == 6 * 5 - 2 * 3  # 5-wide band, clipped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True])
 def test_compiled_training_step_equals_eager(amp):
     """torch.compile (train --compile) under bf16 autocast: TorchDynamo used to lose the
@@ -102,9 +103,17 @@ def test_compiled_training_step_equals_eager(amp):
     torch.testing.assert_close(grads[1], grads[0], **tol)
 
 
-@pytest.mark.parametrize("shape", [(2, 96, 55, 55), (2, 256, 27, 27),   # paper conv1, conv2
-                                   (4, 36, 24, 24), (4, 96, 11, 11),    # small conv1, conv2
-                                   (4, 28, 24, 24), (4, 72, 11, 11)])   # small at width 0.75
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param((2, 96, 55, 55), marks=pytest.mark.slow),  # paper conv1,
+        pytest.param((2, 256, 27, 27), marks=pytest.mark.slow),  # conv2 (seconds)
+        (4, 36, 24, 24),
+        (4, 96, 11, 11),  # small conv1, conv2
+        (4, 28, 24, 24),
+        (4, 72, 11, 11),
+    ],
+)  # small at width 0.75
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last):
     """fp32 against the formula in float64, on the shapes the models use: < 1e-5 relative

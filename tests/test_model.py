@@ -5,7 +5,7 @@ from torch import nn
 
 from alexnet.model import ARCHITECTURES, build_model, count_parameters, summarize
 
-# Golden numbers: PAPER.md (paper, paper-ungrouped), torchvision (owt).
+# Golden numbers: docs/PAPER.md (paper, paper-ungrouped), torchvision (owt).
 PARAMS = {"paper": 60_965_224, "paper-ungrouped": 62_378_344, "owt": 61_100_840}
 
 
@@ -37,14 +37,14 @@ def test_paper_layer_shapes_at_227():
     fcs = [tuple(r["output"]) for r in s["layers"] if r["type"] == "Linear"]
     assert fcs == [(4096,), (4096,), (1000,)]
     assert s["params"] == PARAMS["paper"]
-    assert s["macs"] == 724_406_816  # PAPER.md: about 724 M
+    assert s["macs"] == 724_406_816  # docs/PAPER.md: about 724 M
 
 
 def test_paper_structure_groups_lrn_dropout_order():
     m = build_model("paper")
-    convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
+    convs = [mod for mod in m.features if isinstance(mod, nn.Conv2d)]
     assert [c.groups for c in convs] == [1, 2, 1, 2, 2]
-    kinds = [type(l).__name__ for l in m.features]
+    kinds = [type(mod).__name__ for mod in m.features]
     # ReLU then LRN then pool after conv1 and conv2 (§3.3, §3.4)
     assert kinds[:8] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"] * 2
     lrn = m.features[2]
@@ -52,8 +52,15 @@ def test_paper_structure_groups_lrn_dropout_order():
     pool = m.features[3]
     assert (pool.kernel_size, pool.stride) == (3, 2)
     # dropout on the outputs of fc6 and fc7 (§4.2), not their inputs as in torchvision
-    assert [type(l).__name__ for l in m.classifier] == [
-        "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert [type(mod).__name__ for mod in m.classifier] == [
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     assert all(d.p == 0.5 for d in m.classifier if isinstance(d, nn.Dropout))
 
 
@@ -64,7 +71,7 @@ def test_ungrouped_has_no_groups():
 
 def test_options_change_the_network():
     m = build_model("paper", activation="tanh", lrn=False, pooling="nonoverlap", dropout=0.3)
-    kinds = {type(l).__name__ for l in m.modules()}
+    kinds = {type(mod).__name__ for mod in m.modules()}
     assert "Tanh" in kinds and "ReLU" not in kinds and "LocalResponseNorm" not in kinds
     assert all(p.kernel_size == 2 and p.stride == 2 for p in m.modules() if isinstance(p, nn.MaxPool2d))
     assert all(d.p == 0.3 for d in m.modules() if isinstance(d, nn.Dropout))
@@ -108,19 +115,19 @@ def test_bad_option_is_an_error():
 def test_paper_init_statistics():
     torch.manual_seed(0)
     m = build_model("paper").requires_grad_(False)
-    convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
-    fcs = [l for l in m.classifier if isinstance(l, nn.Linear)]
+    convs = [mod for mod in m.features if isinstance(mod, nn.Conv2d)]
+    fcs = [mod for mod in m.classifier if isinstance(mod, nn.Linear)]
     for layer in convs + fcs:
         w = layer.weight
         assert abs(w.mean().item()) < 1e-3
         assert w.std().item() == pytest.approx(0.01, rel=0.05)
     layers = convs + fcs  # conv1..5, fc6..8: bias 1 in conv2, conv4, conv5, fc6, fc7 (§5)
-    assert [float(l.bias.unique().item()) for l in layers] == [0, 1, 0, 1, 1, 1, 1, 0]
+    assert [float(mod.bias.unique().item()) for mod in layers] == [0, 1, 0, 1, 1, 1, 1, 0]
 
 
 def test_caffe_init():
     m = build_model("paper", init="caffe").requires_grad_(False)
-    fcs = [l for l in m.classifier if isinstance(l, nn.Linear)]
+    fcs = [mod for mod in m.classifier if isinstance(mod, nn.Linear)]
     assert fcs[0].weight.std().item() == pytest.approx(0.005, rel=0.05)
     assert fcs[2].weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert float(fcs[0].bias.unique()) == pytest.approx(0.1)

@@ -65,9 +65,27 @@ def test_manifest_and_errors(imagenet, packed, tmp_path):
         load_split(True, DataConfig(name=str(broken)), 4)
 
 
+@pytest.mark.slow
 def test_train_from_a_packed_store(packed, tmp_path):
-    rc = main(["train", "--data", str(packed), "--model", "small", "--input-size", "64", "--resize", "256",
-               "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(packed),
+            "--model",
+            "small",
+            "--input-size",
+            "64",
+            "--resize",
+            "256",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["num_classes"] == 3
 

@@ -14,9 +14,16 @@ import torch
 from alexnet import plan
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.plan import (BudgetPlan, choose_precision, cuda_precision, parse_budget, plan_budget,
-                          time_steps, validations)
-from alexnet.presets import resolve
+from alexnet.plan import (
+    BudgetPlan,
+    choose_precision,
+    cuda_precision,
+    parse_budget,
+    plan_budget,
+    time_steps,
+    validations,
+)
+from alexnet.recipes import resolve
 
 CPU = torch.device("cpu")
 
@@ -28,6 +35,7 @@ def fixed(seconds: dict):
     def measure(candidates):
         asked.append(list(candidates))
         return {c: seconds[c] for c in candidates}
+
     measure.asked = asked
     return measure
 
@@ -77,16 +85,20 @@ def test_time_steps_alternates_and_takes_the_median():
         def fn():
             calls.append(name)
             now[0] += cost
+
         return fn
+
     t = time_steps({"a": step("a", 0.5), "b": step("b", 0.25)}, clock=lambda: now[0])
     assert t == {"a": 0.5, "b": 0.25}
     warm = plan.WARMUP_STEPS
-    assert calls[:2 * warm] == ["a"] * warm + ["b"] * warm
-    assert calls[2 * warm:2 * warm + 4] == ["a", "b", "a", "b"]  # rounds alternate
+    assert calls[: 2 * warm] == ["a"] * warm + ["b"] * warm
+    assert calls[2 * warm : 2 * warm + 4] == ["a", "b", "a", "b"]  # rounds alternate
 
 
-@pytest.mark.parametrize("text, seconds", [("300", 300), ("300s", 300), ("5m", 300), ("5 min", 300),
-                                           ("1.5h", 5400), ("90s", 90), (".5m", 30)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("300", 300), ("300s", 300), ("5m", 300), ("5 min", 300), ("1.5h", 5400), ("90s", 90), (".5m", 30)],
+)
 def test_parse_budget(text, seconds):
     assert parse_budget(text) == seconds
 
@@ -139,6 +151,7 @@ STEP_SECONDS = {"off": 10.0, "bf16": 20.0, "eval": 0.01}
 def mocked_speed(monkeypatch):
     def fake(steps, **kwargs):
         return {name: STEP_SECONDS[name] for name in steps}
+
     monkeypatch.setattr(plan, "time_steps", fake)
     monkeypatch.setattr("alexnet.train.time_steps", fake)
     # the real steps take milliseconds, not the mocked 10 s: the pace check would lengthen the
@@ -150,6 +163,7 @@ def _weights(out):
     return torch.load(out / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_a_budget_plans_the_run_that_epochs_n_repeats(mocked_speed, fashion_dir, tmp_path, capsys):
     budgeted = tmp_path / "budgeted"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(budgeted)]) == 0
@@ -170,32 +184,50 @@ def test_a_budget_plans_the_run_that_epochs_n_repeats(mocked_speed, fashion_dir,
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
     repeat = tmp_path / "repeat"
-    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--epochs", "4", "--steps", "38", "--amp", "off",
-                 "--out", str(repeat)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                fashion_dir,
+                *ARGS,
+                "--epochs",
+                "4",
+                "--steps",
+                "38",
+                "--amp",
+                "off",
+                "--out",
+                str(repeat),
+            ]
+        )
+        == 0
+    )
     a, b = _weights(budgeted), _weights(repeat)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_path, monkeypatch):
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(whole)]) == 0
     # the same run, its epoch-1 checkpoint kept aside; then resumed on a "faster machine"
-    import alexnet.train as train_module
+    import alexnet.rundir as rundir_module
 
-    saved = train_module.save_checkpoint
+    saved = rundir_module.save_checkpoint
 
     def keep_first(path, state):
         saved(path, state)
         if state.get("epoch") == 1 and path.name == "last.pt":
             shutil.copy(path, path.parent / "epoch1.pt")
-    monkeypatch.setattr(train_module, "save_checkpoint", keep_first)
+
+    monkeypatch.setattr(rundir_module, "save_checkpoint", keep_first)
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part)]) == 0
     shutil.copy(part / "epoch1.pt", part / "last.pt")
     STEP_SECONDS_FAST = {"off": 1.0, "bf16": 0.1, "eval": 0.01}  # would plan bf16 and 30 epochs
     monkeypatch.setattr("alexnet.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     monkeypatch.setattr(plan, "time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
-    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part),
-                 "--resume"]) == 0
+    assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part), "--resume"]) == 0
     cfg = json.loads((part / "config.json").read_text())
     assert (cfg["train"]["epochs"], cfg["train"]["steps"], cfg["train"]["amp"]) == (4, 38, "off")
     a, b = _weights(whole), _weights(part)
@@ -221,15 +253,19 @@ def test_revised_steps_follow_the_pace():
     assert revised_steps(300, 320, 400, 0.5, 1000, 11, most=5000) == 400  # past the budget: stop now
 
 
-@pytest.mark.parametrize("revised, rows, word", [(25, ["10", "20", "25"], "behind"),
-                                                  (45, ["10", "20", "30", "40", "45"], "ahead of")])
-def test_a_run_off_its_pace_is_replanned_and_still_anneals(revised, rows, word, mocked_speed, fashion_dir,
-                                                           tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "revised, rows, word", [(25, ["10", "20", "25"], "behind"), (45, ["10", "20", "30", "40", "45"], "ahead of")]
+)
+def test_a_run_off_its_pace_is_replanned_and_still_anneals(
+    revised, rows, word, mocked_speed, fashion_dir, tmp_path, monkeypatch, capsys
+):
     calls = []
 
     def pace(*args, **kwargs):  # the first check (after epoch 1) finds another pace
         calls.append(args)
         return revised if len(calls) == 1 else None
+
     monkeypatch.setattr("alexnet.train.revised_steps", pace)
     out = tmp_path / "replanned"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0

@@ -2,17 +2,33 @@
 a NaN stops the run and leaves the last good checkpoint; unreadable files are skipped."""
 
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+import gates
 from alexnet.cli import main
 
-ARGS = ["--limit-train", "4800", "--limit-val", "100", "--width", "0.25", "--epochs", "3",
-        "--batch-size", "16", "--amp", "off", "--schedule", "step", "--step-epochs", "2"]
+pytestmark = pytest.mark.slow  # every test trains (or uses fashion_run, which does)
+
+ARGS = [
+    "--limit-train",
+    "4800",
+    "--limit-val",
+    "100",
+    "--width",
+    "0.25",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "16",
+    "--amp",
+    "off",
+    "--schedule",
+    "step",
+    "--step-epochs",
+    "2",
+]
 
 
 def _weights(path):
@@ -23,19 +39,25 @@ def _weights(path):
 def test_signal_saves_and_resume_is_exact(fashion_dir, tmp_path, sig):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--out", str(straight)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--data-dir", fashion_dir, *ARGS,
-                             "--out", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while not (stopped / "last.pt").exists() and time.time() < deadline:  # epoch 1 is done
-        time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    # the run pauses inside its 5th step of epoch 2 (epoch 1 saved, then 5 optimiser steps)
+    # and gets the signal there; let go, it finishes that step, saves and stops
+    with open(tmp_path / "stderr.txt", "w+b") as log:
+        proc = gates.start(["train", "--data-dir", fashion_dir, *ARGS, "--out", stopped], "replaced,step:5", stderr=log)
+        try:
+            gates.wait_for_gate(proc)
+            proc.send_signal(sig)
+            gates.release(proc)
+            proc.communicate(timeout=gates.DEADLINE)  # a safety net only
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        err = log.read().decode()
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and "--resume" in err.strip().splitlines()[-1]
     ckpt = torch.load(stopped / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] > 0  # stopped inside epoch 2
+    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 5  # stopped inside epoch 2, after that step
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--out", str(stopped), "--resume"]) == 0
     a, b = _weights(straight / "last.pt"), _weights(stopped / "last.pt")
     for k in a:
@@ -44,8 +66,23 @@ def test_signal_saves_and_resume_is_exact(fashion_dir, tmp_path, sig):
 
 def test_nan_stops_with_advice_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path, capsys):
     out = tmp_path / "nan"
-    common = ["train", "--data-dir", fashion_dir, "--limit-train", "1000", "--limit-val", "100",
-              "--width", "0.25", "--amp", "off", "--schedule", "step", "--out", str(out)]  # a constant lr
+    common = [
+        "train",
+        "--data-dir",
+        fashion_dir,
+        "--limit-train",
+        "1000",
+        "--limit-val",
+        "100",
+        "--width",
+        "0.25",
+        "--amp",
+        "off",
+        "--schedule",
+        "step",
+        "--out",
+        str(out),
+    ]  # a constant lr
     assert main([*common, "--epochs", "1"]) == 0
     good = _weights(out / "last.pt")
     capsys.readouterr()
@@ -68,12 +105,28 @@ def test_unreadable_training_files_are_skipped_and_listed(tmp_path, capsys):
             d.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(arr).resize((80 + 10 * i, 70)).save(d / f"{i}.jpg")
-    bad = {"zero.jpg": b"", "text.jpg": b"not an image at all",
-           "truncated.jpg": (root / "train" / "cat" / "0.jpg").read_bytes()[:300]}
+    bad = {
+        "zero.jpg": b"",
+        "text.jpg": b"not an image at all",
+        "truncated.jpg": (root / "train" / "cat" / "0.jpg").read_bytes()[:300],
+    }
     for name, content in bad.items():
         (root / "train" / "cat" / name).write_bytes(content)
-    common = ["train", "--data", str(root), "--model", "small", "--input-size", "32", "--epochs", "1",
-              "--batch-size", "3", "--workers", "0"]
+    common = [
+        "train",
+        "--data",
+        str(root),
+        "--model",
+        "small",
+        "--input-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+    ]
     assert main([*common, "--out", str(tmp_path / "run")]) == 0
     listed = (tmp_path / "run" / "unreadable.txt").read_text().splitlines()
     assert sorted(line.split(":")[0].rsplit("/", 1)[1] for line in listed) == sorted(bad)
@@ -85,8 +138,23 @@ def test_unreadable_training_files_are_skipped_and_listed(tmp_path, capsys):
 
 def test_resume_rewrites_metrics_and_cleans_temporary_files(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    common = ["train", "--data-dir", fashion_dir, "--limit-train", "600", "--limit-val", "100",
-              "--width", "0.25", "--amp", "off", "--schedule", "step", "--out", str(out)]
+    common = [
+        "train",
+        "--data-dir",
+        fashion_dir,
+        "--limit-train",
+        "600",
+        "--limit-val",
+        "100",
+        "--width",
+        "0.25",
+        "--amp",
+        "off",
+        "--schedule",
+        "step",
+        "--out",
+        str(out),
+    ]
     assert main([*common, "--epochs", "1"]) == 0
     # a kill after the metrics row of epoch 2 but before its checkpoint, and a torn write
     with open(out / "metrics.csv", "a") as f:
@@ -103,7 +171,16 @@ def test_resume_rewrites_metrics_and_cleans_temporary_files(fashion_dir, tmp_pat
 
 
 def test_weights_only_file_cannot_be_resumed(fashion_run, capsys, fashion_dir):
-    rc = main(["train", "--data-dir", fashion_dir, "--resume", str(fashion_run / "model.safetensors"),
-               "--out", str(fashion_run / "again")])
+    rc = main(
+        [
+            "train",
+            "--data-dir",
+            fashion_dir,
+            "--resume",
+            str(fashion_run / "model.safetensors"),
+            "--out",
+            str(fashion_run / "again"),
+        ]
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alexnet:")]
     assert rc == 2 and len(errors) == 1 and "training checkpoint" in errors[0]

@@ -233,3 +233,36 @@ def test_tensorboard_is_optional(monkeypatch, tmp_path):
     board.epoch({"epoch": 1}, None)  # does nothing, breaks nothing
     board.close()
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--budget", "5q"], "--budget 5q"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+        (["--val-every", "-1"], "--val-every must be at least 0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--limit-train", "0"], "--limit-train must be at least 1"),
+        (["--schedule", "plateau", "--val-every", "0"], "--val-every 1"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_naming_the_option(cli, one_line_error, tmp_path, argv, needle):
+    """Values the config refuses are refused before any work (no data read, nothing written)."""
+    rc, out, err = cli("train", *argv, "--out", str(tmp_path / "run"))
+    one_line_error(rc, err, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_shows_each_recipes_default_and_never_none():
+    """Options come from the config fields: the help says each recipe's default, and never
+    argparse's "(default: None)"."""
+    from alexnet.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = sub.choices["train"].format_help()
+    assert "default: None" not in text and "(default: none)" not in text
+    assert "paper: 0.01; folder: 0.01 x sqrt(batch / 128); fashion-mnist: 0.06" in " ".join(text.split())
+    for flag in ("--lr", "--weight-decay", "--init", "--mean-image", "--budget", "--resume", "--limit-train"):
+        assert flag in text

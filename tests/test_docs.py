@@ -50,3 +50,17 @@ def test_modules_import_only_the_rows_above_them():
                     if rank[n.split(".")[0]] >= rank[path.stem] and n.split(".")[0] != path.stem
                 ]
     assert not wrong, "; ".join(wrong)
+
+
+def test_no_function_is_longer_than_a_screen():
+    """DESIGN.md's rule: a function a reader can follow on one screen (about 60 lines)."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src" / "alexnet").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 65:
+                    long.append(f"{path.stem}.{node.name} ({lines} lines)")
+    assert not long, "split these: " + ", ".join(long)

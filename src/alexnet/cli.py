@@ -17,13 +17,17 @@ import sys
 from .config import AMP_MODES, DataConfig, ModelConfig, TrainConfig
 from .errors import Stopped, UserError
 from .jsonio import to_json, write_json
+from .model import ARCHITECTURES
 from .plan import format_seconds, parse_budget
 from .recipes import RECIPE_DATA, RECIPES, resolve
 
 EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-PARSERS = {"train.budget": parse_budget}  # option values that are not plain numbers
+# option values that are not plain numbers: parsed after argparse, so that a bad one is a
+# one-line UserError like any other
+PARSERS = {"train.budget": parse_budget}
 TYPES = {"int": int, "float": float, "str": str}
+CHOICES = {"model.name": list(ARCHITECTURES)}  # the variants (model.py), which config cannot import
 
 
 class _Help(argparse.HelpFormatter):
@@ -93,20 +97,26 @@ def add_config_options(
         help_text = meta.get("help", "")
         if defaults is not None and defaults[key] != "none":  # none: the help says what happens
             help_text += f" (default: {defaults[key]})"
+        if key in CHOICES:
+            meta = {**meta, "choices": CHOICES[key]}
         kw = {"metavar": f.name.upper(), **{k: meta[k] for k in ("choices", "metavar", "nargs", "const") if k in meta}}
         if "choices" in meta:
             kw.pop("metavar")
         if kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = PARSERS.get(key, TYPES[kind])
+            kw["type"] = str if key in PARSERS else TYPES[kind]
         group.add_argument(_flag(f), dest=key, default=None, help=help_text, **kw)
 
 
 def config_options(args: argparse.Namespace, section: str) -> dict:
     """The options of `section` the user gave: {field: value}."""
     prefix = section + "."
-    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+    return {
+        k[len(prefix) :]: PARSERS[k](v) if k in PARSERS else v
+        for k, v in vars(args).items()
+        if k.startswith(prefix) and v is not None
+    }
 
 
 def _config_error(e: ValueError) -> UserError:
@@ -333,6 +343,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"{r['out']}: {r['epochs']} epochs, {_size(r)}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(args.target, args.host, args.port, args.device)
+
+
 # ----------------------------------------------------------------------------- the parser
 
 
@@ -498,13 +514,33 @@ def _add_studies(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a local web page and JSON API to look inside a checkpoint",
+        formatter_class=_Help,
+        description="Serve a page (and the JSON API behind it, README: Look inside) showing a checkpoint's "
+        "predictions, activations, occlusion maps, nearest training images in fc7 and conv1 filters. "
+        "Runs until Ctrl-C.",
+    )
+    p.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory (its last.pt) or a checkpoint file")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; anything but a loopback address lets other machines in (no authentication)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="0: a free port (the printed URL says which)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet",
         description="AlexNet (Krizhevsky et al., 2012): train, evaluate and predict; the paper's network by default.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_inference, _add_data, _add_interop, _add_studies):
+    for add in (_add_train, _add_inference, _add_data, _add_interop, _add_studies, _add_serve):
         add(sub)
     return parser
 

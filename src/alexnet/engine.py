@@ -179,13 +179,7 @@ def train_one_epoch(step: Stepper, loader: Loader, span: Span = Span(), watch: W
             # one host sync (and one small all-reduce under DDP) every log_every steps
             totals = _totals(loss_sum, correct_sum, seen, device, d)
             windows.check(i, totals)
-            bar.set_postfix(
-                loss=f"{totals[0] / totals[2]:.4f}",
-                acc=f"{totals[1] / totals[2]:.4f}",
-                lr=f"{step.optimizer.param_groups[0]['lr']:.3g}",
-                img_s=f"{totals[2] / (time.perf_counter() - start):.0f}",
-                refresh=False,
-            )
+            _show_progress(bar, totals, step.optimizer.param_groups[0]["lr"], time.perf_counter() - start)
         if last:
             break
         if any_flag(watch.should_stop(), device, d):
@@ -205,6 +199,12 @@ def train_one_epoch(step: Stepper, loader: Loader, span: Span = Span(), watch: W
         "steps": i + 1,
         "stopped": stopped,
     }
+
+
+def _show_progress(bar: tqdm, totals: list[float], lr: float, seconds: float) -> None:
+    """The progress bar's running loss, accuracy, lr and images/s (no refresh of its own)."""
+    loss, acc, img_s = totals[0] / totals[2], totals[1] / totals[2], totals[2] / seconds
+    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", lr=f"{lr:.3g}", img_s=f"{img_s:.0f}", refresh=False)
 
 
 @torch.no_grad()

@@ -7,36 +7,40 @@
             paper shows GPU 1 and GPU 2.
 - neighbors (Figure 4): query images from the validation/test split and, for each, the
             training images whose fc7 activations (AlexNet.penultimate, the 4096-d code at
-            width 1) are nearest in Euclidean distance, found by streaming over the training
-            split batch by batch with a running top-k per query.
+            width 1) are nearest in Euclidean distance, searched in the fc7 index of the
+            training split (inspection.fc7_index: computed once per checkpoint and data,
+            cached beside the checkpoint; `alexnet serve` searches the same index).
 - plot      the training curves of a run directory's metrics.csv: loss, top-1 accuracy
             and learning rate against epochs.
 
+What is computed, not drawn (the kernels per tower, fc7 and the index) lives in
+inspection.py, which the page of `alexnet serve` shares; the names are imported here too.
 Drawings use matplotlib's Agg canvas directly (no pyplot, no display). Each PNG is
 exactly figsize x dpi pixels (no tight bounding box), written atomically.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import UserError
+from .inspection import FilterGrid as FilterGrid
+from .inspection import checkpoint_key, fc7_codes, fc7_index, filter_grids, filter_layout
+from .inspection import fc7_features as fc7_features
+from .inspection import nearest_neighbors as nearest_neighbors
 from .rundir import REQUIRED_FIELDS
 from .rundir import read_metrics as read_rows
-from .tblog import normalise_kernels
+from .tblog import normalise_kernels as normalise_kernels
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .augment import Preprocess
-    from .loaders import Loader
+    from .loaders import Split
     from .model import AlexNet
 
 DPI = 100
@@ -100,51 +104,6 @@ def _imshow(ax: Axes, img: torch.Tensor, vmax: float) -> None:
 # ----------------------------------------------------------------------------- filters (Figure 3)
 
 
-@dataclass
-class FilterGrid:
-    """One grid of the filters figure: the kernels of one tower, normalised to [0, 1]."""
-
-    title: str
-    kernels: torch.Tensor  # (n, in_channels, k, k), each kernel scaled to [0, 1]
-    rows: int
-    cols: int
-
-    @property
-    def tiles(self) -> int:
-        return self.kernels.shape[0]
-
-
-def _grid_shape(n: int) -> tuple[int, int]:
-    """Rows and columns for n tiles, a little wider than tall (48 -> 6 x 8)."""
-    cols = max(1, math.ceil(math.sqrt(n * 4 / 3)))
-    return math.ceil(n / cols), cols
-
-
-def filter_grids(model: AlexNet) -> list[FilterGrid]:
-    """The grids of the filters figure: one per tower where conv2 is grouped, else one.
-
-    conv2 with groups=g reads conv1's output channels in g consecutive blocks, so block i
-    of conv1's kernels is tower i's (the paper's GPU i). Every kernel is one tile.
-    """
-    from torch import nn
-
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    kernels = normalise_kernels(convs[0].weight)
-    groups = convs[1].groups if len(convs) > 1 else 1
-    if groups == 1:
-        return [FilterGrid("conv1", kernels, *_grid_shape(kernels.shape[0]))]
-    per = kernels.shape[0] // groups
-    return [
-        FilterGrid(f"tower {i + 1} (GPU {i + 1})", kernels[i * per : (i + 1) * per], *_grid_shape(per))
-        for i in range(groups)
-    ]
-
-
-def filter_layout(model: AlexNet) -> list[dict]:
-    """What the filters figure draws: each grid's title, tile count and rows x columns."""
-    return [{"title": g.title, "tiles": g.tiles, "rows": g.rows, "cols": g.cols} for g in filter_grids(model)]
-
-
 def filters_figsize(grids: list[FilterGrid]) -> tuple[float, float]:
     width = sum(g.cols for g in grids) * TILE_INCHES + 0.4 * (len(grids) - 1) + 0.4
     height = max(g.rows for g in grids) * TILE_INCHES + 0.8
@@ -200,51 +159,30 @@ def filters_command(path: str, out: str | None = None) -> dict:
 # ----------------------------------------------------------------------------- neighbors (Figure 4)
 
 
-@torch.no_grad()
-def fc7_features(model: AlexNet, preprocess: Preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """fc7 activations (model.penultimate, eval mode, fp32) of uint8 images, as evaluation
-    preprocesses them (mean subtraction, std, centre crop)."""
-    model.eval()
-    return model.penultimate(preprocess(images.to(device), train=False)).float()
+def _check_counts(queries: int, k: int, batch_size: int, limit_train: int | None) -> None:
+    for name, value in (("--queries", queries), ("--k", k), ("--batch-size", batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if limit_train is not None and limit_train < 1:
+        raise UserError(f"--limit-train must be at least 1, got {limit_train}")
 
 
-def _distances(queries: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    # the direct difference, not |a|^2 + |b|^2 - 2ab: an image's distance to itself is 0
-    return torch.cdist(queries, feats, compute_mode="donot_use_mm_for_euclid_dist")
-
-
-def _keep_nearest(dist: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest distances per row and their indices; ties go to the lower index.
-
-    torch.topk does not promise an order among equal values; a stable sort of candidates
-    that are in index order does, so streaming and a search over everything at once agree.
-    """
-    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-    return dist.gather(1, order), index.gather(1, order)
-
-
-@torch.no_grad()
-def nearest_neighbors(
-    model: AlexNet, preprocess: Preprocess, queries: torch.Tensor, train_loader: Loader, k: int, device: torch.device
-) -> dict:
-    """For each query image (uint8 N x C x H x W), the k training images nearest in fc7.
-
-    train_loader yields (uint8 images, labels) batches of every training image once, in
-    order; an image's index is its position in that order. Only the running k best per
-    query are kept (the candidates of each batch are merged with them), never the
-    training set's features. Returns distances and indices (N x k, nearest first) and
-    the number of training images seen.
-    """
-    q = fc7_features(model, preprocess, queries, device)
-    best_d = torch.empty(q.shape[0], 0, device=device)
-    best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=device)
-    seen = 0
-    for images, _ in train_loader:
-        f = fc7_features(model, preprocess, images, device)
-        idx = torch.arange(seen, seen + f.shape[0], device=device).expand(q.shape[0], -1)
-        best_d, best_i = _keep_nearest(torch.cat([best_d, _distances(q, f)], 1), torch.cat([best_i, idx], 1), k)
-        seen += f.shape[0]
-    return {"distances": best_d.cpu(), "indices": best_i.cpu(), "train_images": seen}
+def _neighbor_rows(
+    train: Split, found: dict, pick: list[int], q_labels: list[int], query_split: str
+) -> tuple[list[dict], list[torch.Tensor]]:
+    """The figure's rows (each query and its neighbours, as JSON) and the neighbours' images."""
+    classes = train.classes
+    rows, nn_images = [], []
+    for qi, (position, label) in enumerate(zip(pick, q_labels)):
+        nn_idx = found["indices"][qi].tolist()
+        images, nn_labels = train.loader.items(nn_idx)
+        nn_images.append(images)
+        neighbors = [
+            {"index": i, "distance": float(d), "label": classes[y]}
+            for i, d, y in zip(nn_idx, found["distances"][qi].tolist(), nn_labels)
+        ]
+        rows.append({"split": query_split, "index": position, "label": classes[label], "neighbors": neighbors})
+    return rows, nn_images
 
 
 def neighbors_command(
@@ -262,27 +200,24 @@ def neighbors_command(
 ) -> dict:
     """Figure 4 for a checkpoint: `queries` images of the validation/test split (or of the
     training split, query_split="train"), drawn with `seed`, and the k training images
-    nearest to each in fc7; writes the PNG and returns the neighbours."""
+    nearest to each in fc7; writes the PNG and returns the neighbours.
+
+    The training images' fc7 codes come from the checkpoint's fc7 index
+    (inspection.fc7_index), computed on the first call and cached beside the checkpoint;
+    a training query's code is its row of the index."""
     import dataclasses
 
-    from .augment import Preprocess
     from .checkpoint import load_inference
     from .data import load_split
+    from .inspection import preprocess_for
     from .runtime import resolve_device
 
-    for name, value in (("--queries", queries), ("--k", k), ("--batch-size", batch_size)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
-    if limit_train is not None and limit_train < 1:
-        raise UserError(f"--limit-train must be at least 1, got {limit_train}")
+    _check_counts(queries, k, batch_size, limit_train)
     dev = resolve_device(device)
+    key = checkpoint_key(path)  # before loading: a checkpoint replaced meanwhile is not this model
     loaded = load_inference(path, dev)
-    cfg = loaded.config
-    data_cfg = cfg.data
-    if data is not None:
-        data_cfg = dataclasses.replace(data_cfg, name=data)
-    if data_dir is not None:
-        data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
+    overrides = {"name": data, "data_dir": data_dir}
+    data_cfg = dataclasses.replace(loaded.config.data, **{k: v for k, v in overrides.items() if v is not None})
     # every training image once, in file order, unaugmented; strict: a skipped unreadable
     # file would shift the positions that index the training images
     train = load_split(True, data_cfg, batch_size, limit=limit_train, ordered=True, strict=True)
@@ -297,25 +232,13 @@ def neighbors_command(
     pick = torch.randperm(source.size, generator=torch.Generator().manual_seed(seed))[:queries].tolist()
     q_images, q_labels = source.loader.items(pick)
 
-    preprocess = Preprocess(data_cfg, cfg.model.input_size, dev, channels_last=False, mean_image=loaded.mean_image)
-    found = nearest_neighbors(loaded.model, preprocess, q_images, train.loader, k, dev)
-    classes = train.classes
-    rows, nn_images = [], []
-    for qi, (index, label) in enumerate(zip(pick, q_labels)):
-        nn_idx = found["indices"][qi].tolist()
-        images, nn_labels = train.loader.items(nn_idx)
-        nn_images.append(images)
-        rows.append(
-            {
-                "split": query_split,
-                "index": index,
-                "label": classes[label],
-                "neighbors": [
-                    {"index": i, "distance": float(d), "label": classes[y]}
-                    for i, d, y in zip(nn_idx, found["distances"][qi].tolist(), nn_labels)
-                ],
-            }
-        )
+    preprocess = preprocess_for(loaded)  # evaluation's, as `alexnet serve` builds the same index
+    # the queries' codes first: a model whose fc7 overflows is refused before the index is built
+    codes = None if query_split == "train" else fc7_codes(loaded.model, preprocess, q_images, dev)
+    index = fc7_index(loaded.model, preprocess, train, path, key, limit_train, dev)
+    codes = index.features[pick] if codes is None else codes
+    found = index.nearest(codes, k)
+    rows, nn_images = _neighbor_rows(train, found, pick, q_labels, query_split)
     out = Path(out) if out else Path(path).parent / "neighbors.png"
     drawn = draw_neighbors(q_images, nn_images, rows, out)
     return {

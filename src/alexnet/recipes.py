@@ -173,10 +173,7 @@ def resolve(
     name = model.get("name") or r.model["name"]
     options = {k: v for k, v in r.model.items() if k != "name"} if name == r.model["name"] else {}
     options.update({k: v for k, v in model.items() if k != "name" and v is not None})
-    try:
-        model_cfg: ModelConfig = model_config(name, **options)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    model_cfg: ModelConfig = model_config(name, **options)  # ValueError names a bad field
     data_cfg = dataclasses.replace(data_defaults(data), **r.augmentation)
     if r.pixel_scale:
         data_cfg = dataclasses.replace(data_cfg, std=(1.0,) * data_cfg.channels)

@@ -9,19 +9,7 @@ from alexnet import experiments
 from alexnet.cli import main
 from alexnet.experiments import EXPERIMENTS, crossing, run, run_key
 from alexnet.recipes import resolve
-
-FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "epoch_seconds",
-    "train_images_per_s",
-)
+from alexnet.rundir import METRIC_FIELDS
 
 
 def fake_train(curves):
@@ -36,7 +24,7 @@ def fake_train(curves):
         out = cfg.train.out
         os.makedirs(out, exist_ok=True)
         with open(f"{out}/metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             w.writeheader()
             for e, (tr, te, s) in enumerate(zip(train_err, test_err, seconds), start=1):
                 w.writerow(

@@ -22,6 +22,7 @@ from alexnet.experiments import run as run_experiment
 from alexnet.jsonio import NON_FINITE, sanitize, to_json, write_json
 from alexnet.model import AlexNet
 from alexnet.recipes import resolve
+from alexnet.rundir import METRIC_FIELDS, TEXT_FIELDS
 
 NAN, INF = float("nan"), float("inf")
 
@@ -259,28 +260,15 @@ def test_pca_and_pack_files_are_strict(imagenet, tmp_path, cli):
     assert strict_loads((tmp_path / "store" / "pack.json").read_text())["splits"]["train"]["count"] == 12
 
 
-FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "epoch_seconds",
-    "train_images_per_s",
-)
-
-
 def _diverged_train(cfg, limit_train=None, limit_val=None):
     """A stand-in for train(): the metrics.csv of a run whose loss and accuracy went NaN."""
     os.makedirs(cfg.train.out, exist_ok=True)
     with open(Path(cfg.train.out) / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         w.writeheader()
         w.writerow(
-            {k: 1 for k in FIELDS} | {"train_loss": "nan", "val_loss": "inf", "val_top1": "nan", "train_acc": 0.5}
+            {k: 1 for k in METRIC_FIELDS if k not in TEXT_FIELDS}
+            | {"train_loss": "nan", "val_loss": "inf", "val_top1": "nan", "train_acc": 0.5}
         )
 
 

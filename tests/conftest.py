@@ -181,3 +181,24 @@ def photo_folder_96(tmp_path_factory) -> Path:
     from photo_data import make_photo_folder
 
     return make_photo_folder(tmp_path_factory.mktemp("photo-folder-96"), train_per_class=32)
+
+
+@pytest.fixture
+def lrn_kernel():
+    """lrn_kernel("fused" | "torch" | "auto"): this test's LRN kernel, restored afterwards.
+    "fused" needs a C compiler: without one the test skips, unless ALEXNET_NATIVE_TESTS=required
+    (CI, which installs gcc), where it fails."""
+    from alexnet import lrn, native
+
+    before = dict(lrn._kernel)
+
+    def use(kernel: str) -> str:
+        if kernel == "fused" and native.library() is None:
+            reason = f"the fused LRN kernel: {native.kernel_status()}"
+            if os.environ.get("ALEXNET_NATIVE_TESTS") == "required":
+                pytest.fail(f"{reason} (ALEXNET_NATIVE_TESTS=required)")
+            pytest.skip(reason)
+        return lrn.select_kernel(kernel)[0]
+
+    yield use
+    lrn._kernel.update(before)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from alexnet import native
 from alexnet.lrn import LocalResponseNorm
 
 
@@ -115,9 +116,17 @@ def test_compiled_training_step_equals_eager(amp):
     ],
 )  # small at width 0.75
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last):
+@pytest.mark.parametrize("kernel", ["torch", "fused"])
+def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last, kernel, lrn_kernel, monkeypatch):
     """fp32 against the formula in float64, on the shapes the models use: < 1e-5 relative
-    (largest error over largest value) for the output and the input gradient."""
+    (largest error over largest value) for the output and the input gradient; with the
+    torch operations and with the fused C kernel (which must really run)."""
+    calls = []
+    for name in ("lrn_forward", "lrn_backward"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    lrn_kernel(kernel)
+    calls.clear()  # the kernel's own check ran it
     torch.manual_seed(0)
     x = torch.relu(torch.randn(shape)) * 60  # ReLU outputs at a scale where LRN matters
     if channels_last:
@@ -131,3 +140,4 @@ def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last):
     y64.backward(g.double())
     assert ((y.double() - y64).abs().max() / y64.abs().max()) < 1e-5
     assert ((x.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()) < 1e-5
+    assert calls == (["lrn_forward", "lrn_backward"] if kernel == "fused" else [])

@@ -175,7 +175,10 @@ def test_a_budget_plans_the_run_that_epochs_n_repeats(mocked_speed, fashion_dir,
     assert cfg["plan"]["budget"]["steps"] == 38 and cfg["plan"]["budget"]["step_s"] == 10.0
     assert "precision fp32 (bf16 measured 2.00x slower" in out
     assert "budget 7 min 12 s: 38 steps (3 epochs of 10 and 8 steps)" in out
-    assert "--epochs 4 --steps 38 --amp off" in out
+    kernel = train["lrn_kernel"]
+    assert kernel in ("fused", "torch") and cfg["plan"]["lrn"]["kernel"] == kernel
+    assert f"--epochs 4 --steps 38 --amp off --lrn-kernel {kernel}" in out
+    assert f"alexnet: LRN {'fused kernel' if kernel == 'fused' else 'torch operations'} (" in out
     rows = (budgeted / "metrics.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[1].split(",")[5] == "" and rows[4].split(",")[5] != ""  # val at the end
     assert [r.split(",")[1] for r in rows[1:]] == ["10", "20", "30", "38"]  # the steps done
@@ -197,6 +200,8 @@ def test_a_budget_plans_the_run_that_epochs_n_repeats(mocked_speed, fashion_dir,
                 "38",
                 "--amp",
                 "off",
+                "--lrn-kernel",
+                kernel,
                 "--out",
                 str(repeat),
             ]

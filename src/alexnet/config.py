@@ -11,7 +11,9 @@ defaults on top; `alexnet train --help` shows each recipe's.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +25,19 @@ INITS = ("paper", "caffe", "torch", "kaiming")
 DROPOUT_PLACEMENTS = ("output", "input")
 SCHEDULES = ("plateau", "step", "onecycle")
 MOMENTUM_RULES = ("paper", "pytorch")
+
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # "auto" is decided at the start of a run (plan.py)
+LRN_KERNELS = ("auto", "fused", "torch")  # lrn.select_kernel: the LRN of float32 on the CPU
+
+
+def cache_dir() -> Path:
+    """Where alexnet keeps what it derives and can derive again (decompressed datasets, the
+    built LRN kernel, fc7 indexes): $ALEXNET_CACHE, else $XDG_CACHE_HOME/alexnet or
+    ~/.cache/alexnet."""
+    root = os.environ.get("ALEXNET_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet"
+    )
+    return Path(root)
 
 
 # torchvision's ImageNet statistics (RGB, in 0..255 pixel units): the per-channel stand-in
@@ -262,6 +276,14 @@ class TrainConfig(_Dictable):
         group=RUN,
     )
     channels_last: bool = option(True, "NHWC memory layout: faster convolutions on CPU and GPU", group=RUN)
+    lrn_kernel: str = option(
+        "auto",
+        "the LRN of fp32 on the CPU: fused = one pass in C, built at the start with the machine's "
+        "compiler (lrn.c); torch = torch operations; auto = fused where it builds, passes its check and "
+        "measures faster; recorded in config.json",
+        choices=LRN_KERNELS,
+        group=RUN,
+    )
     compile: bool = option(
         False,
         "torch.compile the model (for GPUs: on a CPU it trained slower than eager, docs/BENCHMARKS.md)",
@@ -296,6 +318,7 @@ class TrainConfig(_Dictable):
                 (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
                 (self.momentum_rule in MOMENTUM_RULES, "momentum_rule", f"must be one of {MOMENTUM_RULES}"),
                 (self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}"),
+                (self.lrn_kernel in LRN_KERNELS, "lrn_kernel", f"must be one of {LRN_KERNELS}"),
                 (self.epochs >= 1, "epochs", "must be at least 1"),
                 (self.steps is None or self.steps >= 1, "steps", "must be at least 1"),
                 (self.batch_size >= 1, "batch_size", "must be at least 1"),

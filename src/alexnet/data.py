@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from .config import DataConfig
+from .config import DataConfig, cache_dir
 from .distributed import Dist
 from .errors import UserError
 from .imagenet import FlatFolder, val_labels
@@ -50,13 +50,6 @@ FASHION_MNIST_HELP = (
 )
 # Fashion-MNIST's training-set pixel mean and std in 0..255 units.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (72.94,), (90.02,)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ALEXNET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet"
-    )
-    return Path(root)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST

@@ -47,7 +47,8 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from .augment import Preprocess
-from .data import cache_dir, load_image, stored_transform
+from .config import cache_dir
+from .data import load_image, stored_transform
 from .errors import UserError
 from .jsonio import atomic_write
 from .runtime import autocast

@@ -17,6 +17,12 @@ written out, keeping a, d^-beta and d^(-beta-1) from the forward pass:
 
 (B is symmetric, so B^T = B).
 
+The fused kernel: on the CPU, float32 tensors go through native.py's C kernel (lrn.c),
+one pass over memory each way, which recomputes d in the backward instead of saving
+it: 2.3x faster than these torch operations on the small model's conv1 (docs/BENCHMARKS.md).
+`select_kernel` decides per process: `auto` takes it where it builds, matches the float64
+reference on a test tensor, and measures faster; `fused` insists; `torch` never uses it.
+
 Precision: float32 and float64 inputs are computed in their own type (exact to rounding).
 Under bf16 autocast the layer computes in bf16 like the convolutions around it, which
 halves its cost: bf16 has fp32's range, and rounding d = k + alpha * sum to bf16 only
@@ -26,11 +32,18 @@ computed in fp32, since squares of activations above 256 overflow fp16.
 
 from __future__ import annotations
 
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import native
+from .errors import UserError
 
 
 def band_matrix(channels: int, size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -111,23 +124,145 @@ def _denominator(
     return xf, _channel_window_sum(xf * xf, band, size, scale=alpha, bias=k)
 
 
+# The test tensor of the auto choice: (N, C, H, W) channels_last, the size of a small
+# model's LRN input; the fused kernel must stay within CHECK_TOLERANCE (relative) of the
+# float64 reference and be faster over CHECK_ROUNDS alternating timed calls.
+CHECK_SHAPE, CHECK_TOLERANCE, CHECK_ROUNDS = (32, 48, 16, 16), 1e-5, 5
+_kernel = {"chosen": "", "reason": ""}  # this process's choice, made once (select_kernel)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether this call goes through the fused kernel: a float32 CPU tensor, and the
+    process chose it (the first such call makes the auto choice, for evaluate and predict)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    return (_kernel["chosen"] or select_kernel("auto")[0]) == "fused"
+
+
+def select_kernel(asked: str = "auto") -> tuple[str, str]:
+    """This process's LRN for float32 CPU tensors: ("fused" or "torch", why)."""
+    if asked == "torch":
+        chosen, reason = "torch", "as asked"
+    elif native.library() is None:
+        if asked == "fused":
+            raise UserError(f"--lrn-kernel fused: {native.kernel_status()}")
+        chosen, reason = "torch", f"the fused kernel is not available: {native.kernel_status()}"
+    else:
+        chosen, reason = _check_fused(asked)
+    _kernel.update(chosen=chosen, reason=reason)
+    return chosen, reason
+
+
+def _check_fused(asked: str) -> tuple[str, str]:
+    """The fused kernel's check: its error against float64, then, for auto, its speed."""
+    with _grad_mode():
+        error = fused_error()
+    if not error <= CHECK_TOLERANCE:
+        if asked == "fused":
+            raise UserError(f"--lrn-kernel fused: the kernel ({native.kernel_status()}) is off by {error:.1e}")
+        return "torch", f"the fused kernel failed its check: relative error {error:.1e}"
+    if asked == "fused":
+        return "fused", f"as asked; {native.kernel_status()}"
+    with _grad_mode():
+        speedup = fused_speedup()
+    if speedup < 1:
+        return "torch", f"the fused kernel measured {1 / speedup:.2f}x slower on this CPU"
+    return "fused", f"{speedup:.1f}x the torch operations on this CPU; {native.kernel_status()}"
+
+
+def _check_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, float, float, float]]:
+    """The check's input (ReLU-like, pixel-scale), output gradient, band and constants."""
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(CHECK_SHAPE, generator=generator) * 30).relu_().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(CHECK_SHAPE, generator=generator).contiguous(memory_format=torch.channels_last)
+    return x, g, band_matrix(CHECK_SHAPE[1], 5), (5, 2.0, 1e-4, 0.75)
+
+
+def _grad_mode() -> contextlib.AbstractContextManager[None]:
+    """Gradients on, in fp32: the first LRN call, which may make the choice, can run under
+    no_grad, inference_mode or autocast."""
+    stack = contextlib.ExitStack()
+    for context in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False)):
+        stack.enter_context(context)
+    return stack
+
+
+def fused_error() -> float:
+    """The fused kernel's largest relative error against float64, output and gradient."""
+    x, g, band, (size, k, alpha, beta) = _check_tensors()
+    x64 = x.double().requires_grad_()
+    reference = _LRNFunction.apply(x64, band.double(), size, k, alpha, beta)
+    reference.backward(g.double())
+    y = native.lrn_forward(x, size // 2, k, alpha, beta)
+    grad = native.lrn_backward(x, g, size // 2, k, alpha, beta)
+    return max(
+        ((y.double() - reference.detach()).abs().max() / reference.detach().abs().max()).item(),
+        ((grad.double() - x64.grad).abs().max() / x64.grad.abs().max()).item(),
+    )
+
+
+def fused_speedup() -> float:
+    """Seconds of the torch operations / seconds of the fused kernel, forward and backward
+    on the check tensor, median of CHECK_ROUNDS alternating rounds after one to warm up."""
+    x, g, band, (size, k, alpha, beta) = _check_tensors()
+    x.requires_grad_()
+
+    def composed() -> None:
+        x.grad = None
+        _composed(x, band, size, k, alpha, beta).backward(g)
+
+    def fused() -> None:
+        native.lrn_forward(x, size // 2, k, alpha, beta)
+        native.lrn_backward(x, g, size // 2, k, alpha, beta)
+
+    times: dict[str, list[float]] = {"torch": [], "fused": []}
+    for _ in range(CHECK_ROUNDS + 1):
+        for name, fn in (("torch", composed), ("fused", fused)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return statistics.median(times["torch"][1:]) / statistics.median(times["fused"][1:])
+
+
+def _composed(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float) -> torch.Tensor:
+    """The layer as torch operations with the hand-written backward, whatever the choice."""
+    with using_kernel("torch"):
+        return _LRNFunction.apply(x, band, size, k, alpha, beta)
+
+
+@contextlib.contextmanager
+def using_kernel(asked: str) -> Iterator[str]:
+    """select_kernel(asked) for the duration of a `with` block (tests, benchmarks)."""
+    before = dict(_kernel)
+    try:
+        yield select_kernel(asked)[0]
+    finally:
+        _kernel.update(before)
+
+
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float
     ) -> torch.Tensor:
+        ctx.constants, ctx.fused = (size, k, alpha, beta), _fused(x)
+        if ctx.fused:  # one pass in C; the backward recomputes d from x
+            ctx.save_for_backward(x)
+            return native.lrn_forward(x, size // 2, k, alpha, beta)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf, denom = _denominator(x, band, size, k, alpha)
             scale = _power(denom, beta)  # d^-beta
             out = xf * scale
             ctx.save_for_backward(xf, scale, scale / denom, band)
-        ctx.constants = (size, alpha, beta)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
+        size, k, alpha, beta = ctx.constants
+        if ctx.fused:
+            (x,) = ctx.saved_tensors
+            return native.lrn_backward(x, grad_out, size // 2, k, alpha, beta), None, None, None, None, None
         xf, scale, scale_over_denom, band = ctx.saved_tensors
-        size, alpha, beta = ctx.constants
         with torch.autocast(device_type=xf.device.type, enabled=False):
             g = grad_out.to(xf.dtype)
             t = g * xf

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
-from .config import DataConfig
-from .data import Split, cache_dir, is_fashion_mnist
+from .config import DataConfig, cache_dir
+from .data import Split, is_fashion_mnist
 from .jsonio import atomic_write
 
 if TYPE_CHECKING:

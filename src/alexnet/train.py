@@ -37,6 +37,7 @@ from .errors import Stopped, Unhealthy, UserError
 from .health import HealthMonitor
 from .imagenet import human_names
 from .loaders import Split
+from .lrn import select_kernel
 from .model import AlexNet, count_parameters
 from .optim import Schedule, make_optimizer
 from .plan import (
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .health import HealthEvent
 
 AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
+LRN_ORDER = ("fused", "torch")  # the LRN kernels, likewise
 
 
 class _StopSignals:
@@ -313,13 +315,15 @@ def _decide(
     started: float,
     log: Callable[..., None],
 ) -> RunConfig:
-    """The run's precision (--amp auto) and, for a budget, its epochs: measured here on copies
-    of the model (plan.py), decided by the main process for all. A resumed run keeps the
-    decisions in its checkpoint, so it continues the same plan."""
+    """The run's LRN kernel (--lrn-kernel auto, lrn.py), precision (--amp auto) and, for a
+    budget, its epochs: measured here on copies of the model (plan.py), decided by the main
+    process for all. A resumed run keeps the decisions in its checkpoint, so it continues
+    the same plan."""
     t = cfg.train
     if ckpt is not None:
         before = RunConfig.from_dict(ckpt["config"])
         amp = before.train.amp if t.amp == "auto" else t.amp
+        lrn = _lrn_kernel(before.train.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel, device, cfg)
         planned = t.budget is not None and before.plan.get("budget")
         epochs, steps = (before.train.epochs, before.train.steps) if planned else (t.epochs, t.steps)
         plan = (
@@ -327,22 +331,42 @@ def _decide(
             if amp == before.train.amp
             else {**before.plan, "precision": {"amp": amp, "reason": "as asked when resuming"}}
         )
-        return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps), plan=plan)
-    if t.amp == "auto" or t.budget is not None:
-        plan = _measure_plan(cfg, model, data, preprocess, device, started) if d.main else {}
-        amp_index, epochs, steps = distributed.all_sum(  # the main process's decisions, for all
-            [
-                float(AMP_ORDER.index(plan["precision"]["amp"])) if d.main else 0.0,
-                float(plan["epochs"]) if d.main else 0.0,
-                float(plan["steps"] or 0) if d.main else 0.0,
-            ],
-            device,
-            d,
-        )
-        amp, epochs, steps = AMP_ORDER[int(amp_index)], int(epochs), int(steps) or None
+        plan = {**plan, "lrn": lrn}
     else:
-        plan, amp, epochs, steps = {"precision": {"amp": t.amp, "reason": "as asked"}}, t.amp, t.epochs, t.steps
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps), plan=plan)
+        lrn = _lrn_kernel(t.lrn_kernel, device, cfg) if d.main else {"kernel": "torch"}  # before timing any step
+        if d.main and (t.amp == "auto" or t.budget is not None):
+            plan = _measure_plan(cfg, model, data, preprocess, device, started)
+        else:
+            plan = {"precision": {"amp": t.amp, "reason": "as asked"}, "epochs": t.epochs, "steps": t.steps}
+        decided = (
+            [
+                AMP_ORDER.index(plan["precision"]["amp"]),
+                plan["epochs"],
+                plan["steps"] or 0,
+                LRN_ORDER.index(lrn["kernel"]),
+            ]
+            if d.main
+            else [0, 0, 0, 0]
+        )
+        amp_index, epochs, steps, kernel = (  # the main process's decisions, for all
+            int(v) for v in distributed.all_sum([float(v) for v in decided], device, d)
+        )
+        amp, steps = AMP_ORDER[amp_index], steps or None
+        if not d.main:
+            lrn = _lrn_kernel(LRN_ORDER[kernel], device, cfg)
+        plan = {**plan, "lrn": lrn}
+    t = dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps, lrn_kernel=lrn["kernel"])
+    return dataclasses.replace(cfg, train=t, plan=plan)
+
+
+def _lrn_kernel(asked: str, device: torch.device, cfg: RunConfig) -> dict:
+    """--lrn-kernel for this process (lrn.select_kernel): what the LRN of fp32 runs on the CPU."""
+    if not cfg.model.lrn:
+        return {"kernel": "torch", "reason": "the model has no LRN"}
+    if device.type != "cpu":
+        return {"kernel": "torch", "reason": f"torch operations on {device.type}: the fused kernel is for the CPU"}
+    kernel, reason = select_kernel(asked)
+    return {"kernel": kernel, "reason": reason}
 
 
 def _measure_plan(
@@ -419,6 +443,14 @@ def _plan_lines(cfg: RunConfig) -> list[str]:
     t, plan = cfg.train, cfg.plan
     reason = plan.get("precision", {}).get("reason", "as asked")
     lines = [f"precision {PRECISION_NAMES[t.amp]} ({reason})"]
+    if "lrn" in plan and cfg.model.lrn:
+        kernel = "fused kernel" if plan["lrn"]["kernel"] == "fused" else "torch operations"
+        bf16 = (
+            ", for fp32 only: in bf16 it runs as torch operations"
+            if t.amp != "off" and kernel != "torch operations"
+            else ""
+        )
+        lines.append(f"LRN {kernel} ({plan['lrn']['reason']}{bf16})")
     budget = plan.get("budget")
     if budget:
         lines.append(
@@ -426,6 +458,7 @@ def _plan_lines(cfg: RunConfig) -> list[str]:
             + f"; repeat exactly with --epochs {t.epochs} "
             + (f"--steps {t.steps} " if t.steps else "")
             + f"--amp {t.amp}"
+            + (f" --lrn-kernel {t.lrn_kernel}" if cfg.model.lrn else "")
         )
     if t.val_every != 1:
         lines.append(

@@ -1,0 +1,126 @@
+"""The fused LRN kernel's build (native.py) and the choice between it and the torch
+operations (lrn.select_kernel). Its numbers against float64: tests/test_lrn.py."""
+
+import pytest
+import torch
+
+from alexnet import lrn, native
+from alexnet.errors import UserError
+from alexnet.lrn import LocalResponseNorm
+from test_lrn import lrn_formula
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """native's build state emptied, its cache in tmp_path: the next library() call builds."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    before = dict(lrn._kernel)
+    yield tmp_path
+    lrn._kernel.update(before)
+
+
+@pytest.fixture
+def mocked_kernel(monkeypatch, fresh_build):
+    """A kernel that 'built' and whose check and speed the test sets: set(error, speedup)."""
+    monkeypatch.setattr(native, "library", lambda: object())
+    monkeypatch.setattr(native, "kernel_status", lambda: "built with cc -O3")
+
+    def set_(error: float, speedup: float) -> None:
+        monkeypatch.setattr(lrn, "fused_error", lambda: error)
+        monkeypatch.setattr(lrn, "fused_speedup", lambda: speedup)
+
+    return set_
+
+
+def test_auto_takes_the_fused_kernel_where_it_measures_faster(mocked_kernel):
+    mocked_kernel(1e-7, 2.5)
+    assert lrn.select_kernel("auto") == ("fused", "2.5x the torch operations on this CPU; built with cc -O3")
+    mocked_kernel(1e-7, 0.8)
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel measured 1.25x slower on this CPU")
+    assert lrn.select_kernel("fused")[0] == "fused"  # asked for: no timing
+    assert lrn.select_kernel("torch") == ("torch", "as asked")
+
+
+def test_a_kernel_that_fails_its_check_is_not_used(mocked_kernel):
+    mocked_kernel(3e-3, 5.0)
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel failed its check: relative error 3.0e-03")
+    with pytest.raises(UserError, match=r"--lrn-kernel fused: .* off by 3.0e-03"):
+        lrn.select_kernel("fused")
+    mocked_kernel(float("nan"), 5.0)  # NaN is not "within tolerance"
+    assert lrn.select_kernel("auto")[0] == "torch"
+
+
+def test_without_a_compiler_the_layer_runs_as_torch_operations(fresh_build, monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    kernel, reason = lrn.select_kernel("auto")
+    assert (
+        kernel == "torch"
+        and reason == "the fused kernel is not available: no C compiler found (cc, gcc or clang; or set CC)"
+    )
+    with pytest.raises(UserError, match="--lrn-kernel fused: no C compiler found"):
+        lrn.select_kernel("fused")
+    x = torch.randn(2, 8, 3, 3) * 50  # and the layer still works
+    torch.testing.assert_close(LocalResponseNorm(8)(x).double(), lrn_formula(x), rtol=2e-6, atol=1e-6)
+
+
+def test_a_compiler_that_fails_is_reported_in_one_line(fresh_build, monkeypatch, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: internal error: no luck' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    assert native.library() is None
+    assert native.kernel_status() == "cc could not build lrn.c: cc: internal error: no luck"
+    assert not list((tmp_path / "kernels").glob("*"))  # no half-written library left behind
+
+
+@pytest.mark.parametrize("openmp", [True, False])
+def test_the_build_is_cached_and_both_thread_paths_agree(fresh_build, monkeypatch, lrn_kernel, openmp):
+    """With OpenMP (linked to torch's runtime) and without (Python threads split the rows):
+    the same numbers as float64, on a tensor big enough to be split among threads."""
+    lrn_kernel("fused")  # skips without a compiler
+    monkeypatch.setattr(native, "_state", {})
+    if not openmp:
+        monkeypatch.setattr(native, "_openmp_runtime", lambda: None)
+    assert native.library() is not None
+    if openmp and native._openmp_runtime() is None:
+        pytest.skip("torch loaded no OpenMP runtime here")
+    assert native._state["openmp"] is openmp and ("-fopenmp" in native.kernel_status()) is openmp
+    assert list((fresh_build / "kernels").glob("lrn-*.so"))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_compile", lambda *a: pytest.fail("built again instead of loading the cache"))
+    assert native.library() is not None
+
+    torch.manual_seed(0)
+    x = (torch.randn(8, 20, 30, 30) * 60).relu().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 20, 30, 30)
+    assert x.numel() > native.PARALLEL_MIN_VALUES and torch.get_num_threads() >= 1
+    x64 = x.double().requires_grad_()
+    y64 = lrn_formula(x64)
+    y64.backward(g.double())
+    y, grad = native.lrn_forward(x, 2, 2.0, 1e-4, 0.75), native.lrn_backward(x, g, 2, 2.0, 1e-4, 0.75)
+    assert ((y.double() - y64).abs().max() / y64.abs().max()) < 1e-5
+    assert ((grad.double() - x64.grad).abs().max() / x64.grad.abs().max()) < 1e-5
+
+
+def test_fused_kernel_under_no_grad_and_for_other_sizes(lrn_kernel):
+    """Inference (no_grad) and a window other than the paper's n = 5."""
+    lrn_kernel("fused")
+    torch.manual_seed(0)
+    x = (torch.randn(3, 11, 4, 5) * 80).contiguous(memory_format=torch.channels_last)
+    for size in (3, 7):
+        layer = LocalResponseNorm(11, size=size, beta=0.6)  # beta != 0.75: the powf path
+        with torch.no_grad():
+            y = layer(x)
+        torch.testing.assert_close(y.double(), lrn_formula(x, n=size, beta=0.6), rtol=2e-6, atol=1e-5)
+
+
+def test_the_first_call_chooses_even_under_no_grad(fresh_build, lrn_kernel):
+    """evaluate and predict make the auto choice on their first LRN call, under no_grad
+    or inference_mode, where the check's own backward must still work."""
+    lrn_kernel("fused")  # skips without a compiler
+    lrn._kernel.update(chosen="", reason="")
+    with torch.inference_mode():
+        LocalResponseNorm(8)(torch.randn(2, 8, 3, 3))
+    assert lrn._kernel["chosen"] in ("fused", "torch") and lrn._kernel["reason"]

@@ -1,11 +1,13 @@
-"""LRN forward+backward: alexnet.lrn.LocalResponseNorm against torch.nn.LocalResponseNorm
-with the same constants (alpha * n, since torch averages), on the shapes AlexNet feeds it.
+"""LRN forward+backward on the shapes AlexNet feeds it: torch.nn.LocalResponseNorm (with
+alpha * n, since torch averages), alexnet's layer as torch operations, and alexnet's
+fused C kernel (src/alexnet/lrn.c, native.py).
 
-    python benchmarks/lrn.py [--batch 128] [--repeats 7]
+    python benchmarks/lrn.py [--batch 128] [--repeats 7] [--device cpu]
 
-Both run in the same process, alternating, after warm-up; prints the median times, their
-ratio, the largest difference of outputs and input gradients between the two, and each
-one's largest output error against the exact value (the layer evaluated in float64).
+All three run in the same process, alternating, after warm-up; prints the median times,
+the ratios (torch / fused kernel: how much faster the kernel is than each), and each
+one's largest output error against the exact value (the layer evaluated in float64). The
+fused kernel is CPU float32 only: on a GPU its column is empty.
 """
 
 from __future__ import annotations
@@ -17,22 +19,27 @@ import time
 
 import torch
 
-from alexnet.lrn import LocalResponseNorm
+from alexnet import native
+from alexnet.lrn import LocalResponseNorm, using_kernel
 from alexnet.runtime import tune_allocator
 
 SHAPES = {  # (C, H, W) of the LRN inputs
     "paper conv1": (96, 55, 55),
     "paper conv2": (256, 27, 27),
-    "small conv1": (36, 24, 24),
-    "small conv2": (96, 11, 11),
+    "small conv1": (28, 24, 24),  # the fashion-mnist recipe: small at width 0.75
+    "small conv2": (72, 11, 11),
 }
 
 
-def fwd_bwd(layer, x, g):
+def fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, kernel: str | None) -> torch.Tensor:
     x.grad = None
-    y = layer(x)
+    if kernel is None:
+        y = layer(x)
+    else:
+        with using_kernel(kernel):
+            y = layer(x)
     y.backward(g)
-    return y, x.grad
+    return y.detach()
 
 
 def main() -> None:
@@ -45,40 +52,50 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
+    fused = device.type == "cpu" and native.library() is not None
     print(
-        f"torch {torch.__version__}, {name}, "
-        f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.repeats}"
+        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"median of {args.repeats}; fused kernel: {native.kernel_status() if device.type == 'cpu' else 'CPU only'}"
     )
     print(
-        f"{'shape':<14}{'layout':<15}{'torch ms':>10}{'ours ms':>10}{'ratio':>8}{'max |dy|':>11}{'max |dx|':>11}"
-        f"{'torch err':>11}{'ours err':>11}"
+        f"{'shape':<13}{'layout':<14}{'nn.LRN ms':>10}{'ops ms':>9}{'fused ms':>9}"
+        f"{'nn/fused':>9}{'ops/fused':>10}{'nn err':>9}{'ops err':>9}{'fused err':>10}"
     )
-    for name, (c, h, w) in SHAPES.items():
+    for label, (c, h, w) in SHAPES.items():
         for fmt in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
-            x = (torch.randn(args.batch, c, h, w, device=device) * 30).contiguous(memory_format=fmt)
+            x = (torch.randn(args.batch, c, h, w, device=device) * 30).relu().contiguous(memory_format=fmt)
             x.requires_grad_()
             g = torch.randn_like(x)
             ours = LocalResponseNorm(c).to(device)
-            ref = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-            times = {"ours": [], "ref": []}
+            candidates = {
+                "nn": (torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0), None),
+                "ops": (ours, "torch"),
+            }
+            if fused:
+                candidates["fused"] = (ours, "fused")
+            times: dict[str, list[float]] = {k: [] for k in candidates}
             for i in range(args.repeats + 2):
-                for label, layer in (("ours", ours), ("ref", ref)):
+                for key, (layer, kernel) in candidates.items():
                     sync()
                     t = time.perf_counter()
-                    fwd_bwd(layer, x, g)
+                    fwd_bwd(layer, x, g, kernel)
                     sync()
                     if i >= 2:
-                        times[label].append(time.perf_counter() - t)
-            (y1, g1), (y2, g2) = fwd_bwd(ours, x, g), fwd_bwd(ref, x, g)
-            with torch.no_grad():
+                        times[key].append(time.perf_counter() - t)
+            with torch.no_grad(), using_kernel("torch"):
                 exact = ours(x.double())  # the paper's formula in float64
-            t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
-            layout = "channels_last" if fmt == torch.channels_last else "NCHW"
+            ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            err = {
+                k: (fwd_bwd(layer, x, g, kernel) - exact).abs().max().item()
+                for k, (layer, kernel) in candidates.items()
+            }
+            f_ms = ms.get("fused")
             print(
-                f"{name:<14}{layout:<15}{t_ref * 1e3:>10.1f}{t_ours * 1e3:>10.1f}{t_ref / t_ours:>7.2f}x"
-                f"{(y1 - y2).abs().max().item():>11.1e}{(g1 - g2).abs().max().item():>11.1e}"
-                f"{(y2 - exact).abs().max().item():>11.1e}{(y1 - exact).abs().max().item():>11.1e}"
+                f"{label:<13}{'channels_last' if fmt == torch.channels_last else 'NCHW':<14}"
+                f"{ms['nn']:>10.1f}{ms['ops']:>9.1f}{f_ms or float('nan'):>9.1f}"
+                f"{ms['nn'] / f_ms if f_ms else float('nan'):>8.2f}x{ms['ops'] / f_ms if f_ms else float('nan'):>9.2f}x"
+                f"{err['nn']:>9.1e}{err['ops']:>9.1e}{err.get('fused', float('nan')):>10.1e}"
             )
 
 

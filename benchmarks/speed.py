@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.config import TrainConfig
+from alexnet.lrn import select_kernel, using_kernel
 from alexnet.model import build_model
 from alexnet.optim import make_optimizer
 from alexnet.plan import PRECISION_NAMES
@@ -164,16 +165,22 @@ def bench_small(args, device, sync) -> None:
     flops = 6 * summarize(build_model(m.name, **{k: v for k, v in m.to_dict().items() if k != "name"}))["macs"]
     auto = auto_precision(build_model("small", init=m.init), m.in_channels, m.input_size, b, device)
     print(f"--amp auto, small model, batch {b}: {auto.describe()}")
+    kernel, why = select_kernel("auto") if device.type == "cpu" else ("torch", "not on the CPU")
+    print(f"LRN kernel of fp32 (--lrn-kernel auto): {kernel} ({why})")
     steps = {}
-    for amp in ("off", "bf16"):
+    # "off-torch": fp32 with the LRN as torch operations, the fp32 path before the fused kernel
+    for key, amp, lrn_kernel in (("off-torch", "off", "torch"), ("off", "off", kernel), ("bf16", "bf16", kernel)):
         model = build_model("small", init=m.init).to(device, memory_format=torch.channels_last)
         opt = make_optimizer(model, cfg.train)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         x = torch.randn(b, 1, m.input_size, m.input_size, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (b,), device=device)
-        steps[amp] = lambda model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp: train_step(
-            model, opt, scaler, x, y, amp, cfg.train.label_smoothing
-        )
+
+        def step(model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp, lrn_kernel=lrn_kernel) -> None:
+            with using_kernel(lrn_kernel):
+                train_step(model, opt, scaler, x, y, amp, cfg.train.label_smoothing)
+
+        steps[key] = step
     t = median_times(steps, args.repeats * 4, sync=sync)
     peak = matmul_peak(device, sync)
     print(
@@ -181,10 +188,16 @@ def bench_small(args, device, sync) -> None:
         f"fp32 matmul peak {peak:.0f} GFLOP/s (2048 x 2048)"
     )
     print(f"{'':<28}{'images/s':>10}{'ratio':>8}{'GFLOP/s':>10}{'of peak':>9}")
-    for name, amp in (("fp32", "off"), ("bf16", "bf16"), (f"auto ({PRECISION_NAMES[auto.amp]})", auto.amp)):
-        rate = b / t[amp]
+    rows = (
+        ("fp32, LRN torch operations", "off-torch"),
+        (f"fp32, LRN {kernel}", "off"),
+        ("bf16", "bf16"),
+        (f"auto ({PRECISION_NAMES[auto.amp]})", auto.amp),
+    )
+    for name, key in rows:
+        rate = b / t[key]
         print(
-            f"{name:<28}{rate:>10.0f}{t['off'] / t[amp]:>7.2f}x{rate * flops / 1e9:>10.1f}"
+            f"{name:<28}{rate:>10.0f}{t['off-torch'] / t[key]:>7.2f}x{rate * flops / 1e9:>10.1f}"
             f"{rate * flops / 1e9 / peak:>8.0%}"
         )
 

@@ -19,7 +19,7 @@ written out, keeping a, d^-beta and d^(-beta-1) from the forward pass:
 
 The fused kernel: on the CPU, float32 tensors go through native.py's C kernel (lrn.c),
 one pass over memory each way, which recomputes d in the backward instead of saving
-it: 2.3x faster than these torch operations on the small model's conv1 (docs/BENCHMARKS.md).
+it: 2.5-4.2x faster than these torch operations in channels_last (docs/BENCHMARKS.md).
 `select_kernel` decides per process: `auto` takes it where it builds, matches the float64
 reference on a test tensor, and measures faster; `fused` insists; `torch` never uses it.
 
@@ -231,11 +231,15 @@ def _composed(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: f
 
 
 @contextlib.contextmanager
-def using_kernel(asked: str) -> Iterator[str]:
-    """select_kernel(asked) for the duration of a `with` block (tests, benchmarks)."""
+def using_kernel(kernel: str) -> Iterator[str]:
+    """This process's LRN set to `kernel` ("fused" or "torch") for a `with` block, without
+    select_kernel's check and timing (the check itself, tests, benchmarks)."""
+    if kernel == "fused" and native.library() is None:
+        raise UserError(f"the fused LRN kernel: {native.kernel_status()}")
     before = dict(_kernel)
+    _kernel.update(chosen=kernel, reason="set for a with block")
     try:
-        yield select_kernel(asked)[0]
+        yield kernel
     finally:
         _kernel.update(before)
 

@@ -124,3 +124,23 @@ def test_the_first_call_chooses_even_under_no_grad(fresh_build, lrn_kernel):
     with torch.inference_mode():
         LocalResponseNorm(8)(torch.randn(2, 8, 3, 3))
     assert lrn._kernel["chosen"] in ("fused", "torch") and lrn._kernel["reason"]
+
+
+def test_cc_with_words_and_a_cache_that_cannot_be_written(fresh_build, monkeypatch, lrn_kernel, tmp_path):
+    """CC="env gcc"-style commands work, and a cache folder that cannot be made (here: below
+    a plain file, which stops root too) falls back to the temporary directory."""
+    import shutil
+
+    lrn_kernel("fused")  # skips without a compiler
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    monkeypatch.setenv("CC", f"env {compiler}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ALEXNET_CACHE", str(blocker / "cache"))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(temp))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is not None, native.kernel_status()
+    assert native.kernel_status().startswith("built with env ")
+    assert list(temp.glob("alexnet-kernels-*/lrn-*.so"))

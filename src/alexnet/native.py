@@ -20,6 +20,7 @@ import hashlib
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def _openmp_runtime() -> str | None:
     return None
 
 
-def _compile(compiler: str, flags: tuple[str, ...], openmp: str | None, target: Path) -> str | None:
+def _compile(compiler: list[str], flags: tuple[str, ...], openmp: str | None, target: Path) -> str | None:
     """Build lrn.c into `target` (atomically: processes may build at once); None, or the error.
     With `openmp` (a runtime's path), compile with -fopenmp and link to that file only."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,17 +91,17 @@ def _compile(compiler: str, flags: tuple[str, ...], openmp: str | None, target: 
     obj = tmp[:-3] + ".o"
     if openmp:  # two steps: `cc -fopenmp` would also link the system's runtime
         commands = [
-            [compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", obj],
-            [compiler, "-shared", "-o", tmp, obj, openmp, "-lm"],
+            [*compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", obj],
+            [*compiler, "-shared", "-o", tmp, obj, openmp, "-lm"],
         ]
     else:
-        commands = [[compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]]
+        commands = [[*compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]]
     try:
         for command in commands:
             result = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines()
-                return lines[0] if lines else f"{compiler} exited with {result.returncode}"
+                return lines[0] if lines else f"{compiler[0]} exited with {result.returncode}"
         os.replace(tmp, target)
         return None
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -111,28 +112,53 @@ def _compile(compiler: str, flags: tuple[str, ...], openmp: str | None, target: 
                 os.unlink(path)
 
 
+def _compiler() -> list[str] | None:
+    """$CC (which may carry words: "ccache gcc"), else cc, gcc or clang on the PATH. None on
+    Windows, where this build (a .so from cc flags) is not written for the toolchains."""
+    if sys.platform == "win32":
+        return None
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
+
+
+def _kernel_dir() -> Path:
+    """config.cache_dir()/kernels, or a folder of the temporary directory where the cache
+    cannot be written (a read-only home)."""
+    for folder in (cache_dir() / "kernels", Path(tempfile.gettempdir()) / f"alexnet-kernels-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise OSError(f"no writable folder for the kernel: {cache_dir() / 'kernels'}")
+
+
 def _build() -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler or sys.platform == "win32":
+    compiler = _compiler()
+    if not compiler:
         _state["error"] = "no C compiler found (cc, gcc or clang; or set CC)"
         return
-    runtime = _openmp_runtime()
+    name, runtime = Path(compiler[0]).name, _openmp_runtime()
     errors = []
     for openmp in (runtime, None) if runtime else (None,):
         for flags in FLAG_SETS:
-            key = "\0".join([SOURCE.read_text(), compiler, " ".join(flags), str(openmp), _cpu_signature()])
-            target = cache_dir() / "kernels" / f"lrn-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+            key = "\0".join([SOURCE.read_text(), *compiler, " ".join(flags), str(openmp), _cpu_signature()])
             try:
+                target = _kernel_dir() / f"lrn-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
                 error = None if target.is_file() else _compile(compiler, flags, openmp, target)
                 if error is None:
                     _state["lib"] = _load(target)
-                    _state["flags"] = f"{Path(compiler).name} {' '.join(flags)}" + (" -fopenmp" if openmp else "")
+                    _state["flags"] = f"{name} {' '.join(flags)}" + (" -fopenmp" if openmp else "")
                     _state["openmp"] = openmp is not None
                     return
-            except OSError as e:  # an unwritable cache, a library that does not load
+            except OSError as e:  # no writable folder, a library that does not load
                 error = str(e)
             errors.append(error)
-    _state["error"] = f"{Path(compiler).name} could not build {SOURCE.name}: {errors[0]}"
+    # the last attempt is the plainest (portable flags, no OpenMP): its error says the most
+    _state["error"] = f"{name} could not build {SOURCE.name}: {errors[-1]}"
 
 
 def _load(path: Path) -> ctypes.CDLL:

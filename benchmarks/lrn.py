@@ -2,12 +2,13 @@
 alpha * n, since torch averages), alexnet's layer as torch operations, and alexnet's
 fused C kernel (src/alexnet/lrn.c, native.py).
 
-    python benchmarks/lrn.py [--batch 128] [--repeats 7] [--device cpu]
+    python benchmarks/lrn.py [--batch 128] [--repeats 7] [--device cpu] [--dtype bf16]
 
 All three run in the same process, alternating, after warm-up; prints the median times,
 the ratios (torch / fused kernel: how much faster the kernel is than each), and each
-one's largest output error against the exact value (the layer evaluated in float64). The
-fused kernel is CPU float32 only: on a GPU its column is empty.
+one's largest output error against the exact value (the layer evaluated in float64, on
+the same input). The fused kernel is for the CPU (float32 and bfloat16): on a GPU its
+column is empty.
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="the input's type (bf16: as under autocast)"
+    )
     args = p.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     tune_allocator()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine())
     fused = device.type == "cpu" and native.library() is not None
     print(
-        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads, {args.dtype}, batch {args.batch}, "
         f"median of {args.repeats}; fused kernel: {native.kernel_status() if device.type == 'cpu' else 'CPU only'}"
     )
     print(
@@ -64,14 +69,13 @@ def main() -> None:
     for label, (c, h, w) in SHAPES.items():
         for fmt in (torch.contiguous_format, torch.channels_last):
             torch.manual_seed(0)
-            x = (torch.randn(args.batch, c, h, w, device=device) * 30).relu().contiguous(memory_format=fmt)
+            x = (torch.randn(args.batch, c, h, w, device=device) * 30).relu().to(dtype).contiguous(memory_format=fmt)
             x.requires_grad_()
             g = torch.randn_like(x)
             ours = LocalResponseNorm(c).to(device)
-            candidates = {
-                "nn": (torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0), None),
-                "ops": (ours, "torch"),
-            }
+            candidates = {"ops": (ours, "torch")}
+            if dtype == torch.float32 or device.type != "cpu":  # torch's has no bf16 on the CPU
+                candidates["nn"] = (torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0), None)
             if fused:
                 candidates["fused"] = (ours, "fused")
             times: dict[str, list[float]] = {k: [] for k in candidates}
@@ -90,12 +94,12 @@ def main() -> None:
                 k: (fwd_bwd(layer, x, g, kernel) - exact).abs().max().item()
                 for k, (layer, kernel) in candidates.items()
             }
-            f_ms = ms.get("fused")
+            nan = float("nan")
+            f_ms, n_ms = ms.get("fused", nan), ms.get("nn", nan)
             print(
                 f"{label:<13}{'channels_last' if fmt == torch.channels_last else 'NCHW':<14}"
-                f"{ms['nn']:>10.1f}{ms['ops']:>9.1f}{f_ms or float('nan'):>9.1f}"
-                f"{ms['nn'] / f_ms if f_ms else float('nan'):>8.2f}x{ms['ops'] / f_ms if f_ms else float('nan'):>9.2f}x"
-                f"{err['nn']:>9.1e}{err['ops']:>9.1e}{err.get('fused', float('nan')):>10.1e}"
+                f"{n_ms:>10.1f}{ms['ops']:>9.1f}{f_ms:>9.1f}{n_ms / f_ms:>8.2f}x{ms['ops'] / f_ms:>9.2f}x"
+                f"{err.get('nn', nan):>9.1e}{err['ops']:>9.1e}{err.get('fused', nan):>10.1e}"
             )
 
 

@@ -166,7 +166,7 @@ def bench_small(args, device, sync) -> None:
     auto = auto_precision(build_model("small", init=m.init), m.in_channels, m.input_size, b, device)
     print(f"--amp auto, small model, batch {b}: {auto.describe()}")
     kernel, why = select_kernel("auto") if device.type == "cpu" else ("torch", "not on the CPU")
-    print(f"LRN kernel of fp32 (--lrn-kernel auto): {kernel} ({why})")
+    print(f"LRN kernel (--lrn-kernel auto): {kernel} ({why})")
     steps = {}
     # "off-torch": fp32 with the LRN as torch operations, the fp32 path before the fused kernel
     for key, amp, lrn_kernel in (("off-torch", "off", "torch"), ("off", "off", kernel), ("bf16", "bf16", kernel)):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from alexnet import native
-from alexnet.lrn import LocalResponseNorm
+from alexnet.lrn import LocalResponseNorm, using_kernel
 
 
 def lrn_formula(a: torch.Tensor, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Tensor:
@@ -141,3 +141,42 @@ def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last, k
     assert ((y.double() - y64).abs().max() / y64.abs().max()) < 1e-5
     assert ((x.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()) < 1e-5
     assert calls == (["lrn_forward", "lrn_backward"] if kernel == "fused" else [])
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 24, 24), (4, 72, 11, 11), (2, 96, 13, 13)])
+def test_fused_bf16_is_one_rounding_from_float64(shape, lrn_kernel):
+    """bf16 in channels_last (what autocast feeds the layer in training): the fused kernel
+    computes in float32 and rounds once, so it stays within bf16's resolution of float64
+    (output and gradient), closer than the torch operations, which compute in bf16."""
+    lrn_kernel("fused")
+    torch.manual_seed(0)
+    x = (torch.relu(torch.randn(shape)) * 60).bfloat16().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape).bfloat16()
+    x64 = x.detach().double().requires_grad_()
+    y64 = lrn_formula(x64)
+    y64.backward(g.double())
+    errors = {}
+    for kernel in ("fused", "torch"):
+        with using_kernel(kernel):
+            xk = x.clone(memory_format=torch.preserve_format).requires_grad_()
+            y = LocalResponseNorm(shape[1])(xk)
+            y.backward(g)
+        assert y.dtype == xk.grad.dtype == torch.bfloat16
+        errors[kernel] = (
+            ((y.double() - y64).abs().max() / y64.abs().max()).item(),
+            ((xk.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()).item(),
+        )
+    assert max(errors["fused"]) < 2**-8  # one bf16 rounding: at most half of 2^-7 relative
+    assert errors["fused"][0] <= errors["torch"][0] and errors["fused"][1] <= errors["torch"][1]
+
+
+def test_fused_kernel_takes_fp32_in_any_layout_and_bf16_in_channels_last(lrn_kernel, monkeypatch):
+    lrn_kernel("fused")
+    calls = []
+    monkeypatch.setattr(native, "lrn_forward", lambda x, *a: calls.append((x.dtype, x.shape)) or torch.zeros_like(x))
+    layer = LocalResponseNorm(6)
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            layer(torch.randn(2, 6, 3, 3, dtype=dtype).contiguous(memory_format=layout))
+    layer(torch.randn(2, 6, 3, 3, dtype=torch.float64))  # float64 (the tests' reference): torch operations
+    assert calls == [(torch.float32, (2, 6, 3, 3))] * 2 + [(torch.bfloat16, (2, 6, 3, 3))]

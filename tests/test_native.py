@@ -26,26 +26,31 @@ def mocked_kernel(monkeypatch, fresh_build):
     monkeypatch.setattr(native, "library", lambda: object())
     monkeypatch.setattr(native, "kernel_status", lambda: "built with cc -O3")
 
-    def set_(error: float, speedup: float) -> None:
-        monkeypatch.setattr(lrn, "fused_error", lambda: error)
-        monkeypatch.setattr(lrn, "fused_speedup", lambda: speedup)
+    def set_(error: float, speedup: float, bf16_speedup: float = 2.0) -> None:
+        monkeypatch.setattr(lrn, "fused_error", lambda dtype: error if dtype == torch.float32 else 1e-3)
+        monkeypatch.setattr(lrn, "fused_speedup", lambda dtype: speedup if dtype == torch.float32 else bf16_speedup)
 
     return set_
 
 
 def test_auto_takes_the_fused_kernel_where_it_measures_faster(mocked_kernel):
     mocked_kernel(1e-7, 2.5)
-    assert lrn.select_kernel("auto") == ("fused", "2.5x the torch operations on this CPU; built with cc -O3")
+    assert lrn.select_kernel("auto") == (
+        "fused",
+        "fp32 2.5x, bf16 2.0x the speed of the torch operations on this CPU; built with cc -O3",
+    )
     mocked_kernel(1e-7, 0.8)
-    assert lrn.select_kernel("auto") == ("torch", "the fused kernel measured 1.25x slower on this CPU")
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel measured 1.25x slower on this CPU in fp32")
+    mocked_kernel(1e-7, 1.5, bf16_speedup=0.5)  # faster in one type only: not taken
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel measured 2.00x slower on this CPU in bf16")
     assert lrn.select_kernel("fused")[0] == "fused"  # asked for: no timing
     assert lrn.select_kernel("torch") == ("torch", "as asked")
 
 
 def test_a_kernel_that_fails_its_check_is_not_used(mocked_kernel):
     mocked_kernel(3e-3, 5.0)
-    assert lrn.select_kernel("auto") == ("torch", "the fused kernel failed its check: relative error 3.0e-03")
-    with pytest.raises(UserError, match=r"--lrn-kernel fused: .* off by 3.0e-03"):
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel failed its check: relative error 3.0e-03 in fp32")
+    with pytest.raises(UserError, match=r"--lrn-kernel fused: .* failed its check: relative error 3.0e-03 in fp32"):
         lrn.select_kernel("fused")
     mocked_kernel(float("nan"), 5.0)  # NaN is not "within tolerance"
     assert lrn.select_kernel("auto")[0] == "torch"

@@ -27,7 +27,7 @@ SCHEDULES = ("plateau", "step", "onecycle")
 MOMENTUM_RULES = ("paper", "pytorch")
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # "auto" is decided at the start of a run (plan.py)
-LRN_KERNELS = ("auto", "fused", "torch")  # lrn.select_kernel: the LRN of float32 on the CPU
+LRN_KERNELS = ("auto", "fused", "torch")  # lrn.select_kernel: the LRN on the CPU
 
 
 def cache_dir() -> Path:
@@ -278,7 +278,7 @@ class TrainConfig(_Dictable):
     channels_last: bool = option(True, "NHWC memory layout: faster convolutions on CPU and GPU", group=RUN)
     lrn_kernel: str = option(
         "auto",
-        "the LRN of fp32 on the CPU: fused = one pass in C, built at the start with the machine's "
+        "the LRN on the CPU (fp32, bf16): fused = one pass in C, built at the start with the machine's "
         "compiler (lrn.c); torch = torch operations; auto = fused where it builds, passes its check and "
         "measures faster; recorded in config.json",
         choices=LRN_KERNELS,

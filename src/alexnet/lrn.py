@@ -17,9 +17,10 @@ written out, keeping a, d^-beta and d^(-beta-1) from the forward pass:
 
 (B is symmetric, so B^T = B).
 
-The fused kernel: on the CPU, float32 tensors go through native.py's C kernel (lrn.c),
-one pass over memory each way, which recomputes d in the backward instead of saving
-it: 2.5-4.2x faster than these torch operations in channels_last (docs/BENCHMARKS.md).
+The fused kernel: on the CPU, float32 and bfloat16 tensors go through native.py's C
+kernel (lrn.c), one pass over memory each way, which recomputes d in the backward instead
+of saving it: in fp32 2.5-4.2x faster than these torch operations in channels_last
+(docs/BENCHMARKS.md). It computes bf16 inputs in float32 and rounds the result once.
 `select_kernel` decides per process: `auto` takes it where it builds, matches the float64
 reference on a test tensor, and measures faster; `fused` insists; `torch` never uses it.
 
@@ -125,22 +126,29 @@ def _denominator(
 
 
 # The test tensor of the auto choice: (N, C, H, W) channels_last, the size of a small
-# model's LRN input; the fused kernel must stay within CHECK_TOLERANCE (relative) of the
-# float64 reference and be faster over CHECK_ROUNDS alternating timed calls.
-CHECK_SHAPE, CHECK_TOLERANCE, CHECK_ROUNDS = (32, 48, 16, 16), 1e-5, 5
+# model's LRN input; the fused kernel must stay within CHECK_TOLERANCE (relative, by type:
+# float32 rounding, or one bf16 rounding of the result) of the float64 reference, and be
+# faster in both types over CHECK_ROUNDS alternating timed calls.
+CHECK_SHAPE, CHECK_ROUNDS = (32, 48, 16, 16), 5
+CHECK_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+TYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 _kernel = {"chosen": "", "reason": ""}  # this process's choice, made once (select_kernel)
 
 
 def _fused(x: torch.Tensor) -> bool:
-    """Whether this call goes through the fused kernel: a float32 CPU tensor, and the
-    process chose it (the first such call makes the auto choice, for evaluate and predict)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+    """Whether this call goes through the fused kernel: a float32 or bfloat16 CPU tensor,
+    and the process chose it (the first such call makes the auto choice, for evaluate and
+    predict). Not bf16 in NCHW: the kernel works in channels_last, and converting there and
+    back made it 0.87-1.39x the torch operations (docs/BENCHMARKS.md); in fp32 1.3-1.9x."""
+    if x.device.type != "cpu" or x.dtype not in native.DTYPES or x.dim() != 4:
+        return False
+    if x.dtype == torch.bfloat16 and not x.is_contiguous(memory_format=torch.channels_last):
         return False
     return (_kernel["chosen"] or select_kernel("auto")[0]) == "fused"
 
 
 def select_kernel(asked: str = "auto") -> tuple[str, str]:
-    """This process's LRN for float32 CPU tensors: ("fused" or "torch", why)."""
+    """This process's LRN for float32 and bfloat16 CPU tensors: ("fused" or "torch", why)."""
     if asked == "torch":
         chosen, reason = "torch", "as asked"
     elif native.library() is None:
@@ -156,40 +164,53 @@ def select_kernel(asked: str = "auto") -> tuple[str, str]:
 def _check_fused(asked: str) -> tuple[str, str]:
     """The fused kernel's check: its error against float64, then, for auto, its speed."""
     with _grad_mode():
-        error = fused_error()
-    if not error <= CHECK_TOLERANCE:
-        if asked == "fused":
-            raise UserError(f"--lrn-kernel fused: the kernel ({native.kernel_status()}) is off by {error:.1e}")
-        return "torch", f"the fused kernel failed its check: relative error {error:.1e}"
+        errors = {dtype: fused_error(dtype) for dtype in CHECK_TOLERANCE}
+    for dtype, error in errors.items():
+        if not error <= CHECK_TOLERANCE[dtype]:
+            off = f"relative error {error:.1e} in {TYPE_NAMES[dtype]}"
+            if asked == "fused":
+                raise UserError(f"--lrn-kernel fused: the kernel ({native.kernel_status()}) failed its check: {off}")
+            return "torch", f"the fused kernel failed its check: {off}"
     if asked == "fused":
         return "fused", f"as asked; {native.kernel_status()}"
     with _grad_mode():
-        speedup = fused_speedup()
-    if speedup < 1:
-        return "torch", f"the fused kernel measured {1 / speedup:.2f}x slower on this CPU"
-    return "fused", f"{speedup:.1f}x the torch operations on this CPU; {native.kernel_status()}"
+        speedups = {dtype: fused_speedup(dtype) for dtype in CHECK_TOLERANCE}
+    for dtype, speedup in speedups.items():
+        if speedup < 1:
+            return "torch", f"the fused kernel measured {1 / speedup:.2f}x slower on this CPU in {TYPE_NAMES[dtype]}"
+    ratios = ", ".join(f"{TYPE_NAMES[dtype]} {speedup:.1f}x" for dtype, speedup in speedups.items())
+    return "fused", f"{ratios} the speed of the torch operations on this CPU; {native.kernel_status()}"
 
 
-def _check_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, float, float, float]]:
+def _check_tensors(
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, float, float, float]]:
     """The check's input (ReLU-like, pixel-scale), output gradient, band and constants."""
     generator = torch.Generator().manual_seed(0)
-    x = (torch.randn(CHECK_SHAPE, generator=generator) * 30).relu_().contiguous(memory_format=torch.channels_last)
-    g = torch.randn(CHECK_SHAPE, generator=generator).contiguous(memory_format=torch.channels_last)
-    return x, g, band_matrix(CHECK_SHAPE[1], 5), (5, 2.0, 1e-4, 0.75)
+    x = (torch.randn(CHECK_SHAPE, generator=generator) * 30).relu_().to(dtype)
+    g = torch.randn(CHECK_SHAPE, generator=generator).to(dtype)
+    layout = torch.channels_last
+    return (
+        x.contiguous(memory_format=layout),
+        g.contiguous(memory_format=layout),
+        band_matrix(CHECK_SHAPE[1], 5),
+        (5, 2.0, 1e-4, 0.75),
+    )
 
 
 def _grad_mode() -> contextlib.AbstractContextManager[None]:
-    """Gradients on, in fp32: the first LRN call, which may make the choice, can run under
-    no_grad, inference_mode or autocast."""
+    """Gradients on, no autocast: the first LRN call, which may make the choice, can run
+    under no_grad, inference_mode or autocast."""
     stack = contextlib.ExitStack()
     for context in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False)):
         stack.enter_context(context)
     return stack
 
 
-def fused_error() -> float:
-    """The fused kernel's largest relative error against float64, output and gradient."""
-    x, g, band, (size, k, alpha, beta) = _check_tensors()
+def fused_error(dtype: torch.dtype) -> float:
+    """The fused kernel's largest relative error (over the largest value) against float64,
+    output and gradient, for inputs of `dtype`."""
+    x, g, band, (size, k, alpha, beta) = _check_tensors(dtype)
     x64 = x.double().requires_grad_()
     reference = _LRNFunction.apply(x64, band.double(), size, k, alpha, beta)
     reference.backward(g.double())
@@ -201,10 +222,11 @@ def fused_error() -> float:
     )
 
 
-def fused_speedup() -> float:
+def fused_speedup(dtype: torch.dtype) -> float:
     """Seconds of the torch operations / seconds of the fused kernel, forward and backward
-    on the check tensor, median of CHECK_ROUNDS alternating rounds after one to warm up."""
-    x, g, band, (size, k, alpha, beta) = _check_tensors()
+    on the check tensor in `dtype`, median of CHECK_ROUNDS alternating rounds after one to
+    warm up."""
+    x, g, band, (size, k, alpha, beta) = _check_tensors(dtype)
     x.requires_grad_()
 
     def composed() -> None:

@@ -164,8 +164,8 @@ def _build() -> None:
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.lrn_forward.argtypes = [p, p, i, i, i, f, f, f]
-    lib.lrn_backward.argtypes = [p, p, p, i, i, i, f, f, f]
+    lib.lrn_forward.argtypes = [p, p, i, i, i, f, f, f, ctypes.c_int]
+    lib.lrn_backward.argtypes = [p, p, p, i, i, i, f, f, f, ctypes.c_int]
     lib.lrn_forward.restype = lib.lrn_backward.restype = ctypes.c_int
     return lib
 
@@ -184,7 +184,8 @@ def kernel_status() -> str:
 
 
 def _run(fn: ctypes._CFuncPtr, tensors: list[torch.Tensor], rows: int, channels: int, *args: float) -> None:
-    """fn(pointers..., rows, channels, *args) over the rows, split among torch's threads."""
+    """fn(pointers..., rows, channels, *args) over the rows: one call where the kernel has
+    OpenMP, else shares of the rows on Python threads."""
     threads = torch.get_num_threads()
     if _state.get("openmp") or rows * channels < PARALLEL_MIN_VALUES or threads == 1:
         parts = [(0, rows)]
@@ -216,20 +217,23 @@ def _rows(x: torch.Tensor) -> tuple[int, int]:
     return n * h * w, c
 
 
+DTYPES = (torch.float32, torch.bfloat16)  # what the kernel reads and writes
+
+
 def lrn_forward(x: torch.Tensor, half: int, k: float, alpha: float, beta: float) -> torch.Tensor:
-    """The LRN of a float32 CPU tensor (N, C, H, W), any layout; the result is channels_last."""
+    """The LRN of a CPU tensor (N, C, H, W) of DTYPES, any layout; the result is channels_last."""
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.empty_like(x)
-    _run(library().lrn_forward, [x, y], *_rows(x), half, k, alpha, beta)
+    _run(library().lrn_forward, [x, y], *_rows(x), half, k, alpha, beta, int(x.dtype == torch.bfloat16))
     return y
 
 
 def lrn_backward(
     x: torch.Tensor, grad_out: torch.Tensor, half: int, k: float, alpha: float, beta: float
 ) -> torch.Tensor:
-    """The input's gradient, from the input and the output's gradient (channels_last)."""
+    """The input's gradient, from the input and the output's gradient (channels_last, x's type)."""
     x = x.contiguous(memory_format=torch.channels_last)
-    g = grad_out.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    g = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
     grad = torch.empty_like(x)
-    _run(library().lrn_backward, [x, g, grad], *_rows(x), half, k, alpha, beta)
+    _run(library().lrn_backward, [x, g, grad], *_rows(x), half, k, alpha, beta, int(x.dtype == torch.bfloat16))
     return grad

@@ -360,7 +360,7 @@ def _decide(
 
 
 def _lrn_kernel(asked: str, device: torch.device, cfg: RunConfig) -> dict:
-    """--lrn-kernel for this process (lrn.select_kernel): what the LRN of fp32 runs on the CPU."""
+    """--lrn-kernel for this process (lrn.select_kernel): what the LRN runs on the CPU."""
     if not cfg.model.lrn:
         return {"kernel": "torch", "reason": "the model has no LRN"}
     if device.type != "cpu":
@@ -445,12 +445,7 @@ def _plan_lines(cfg: RunConfig) -> list[str]:
     lines = [f"precision {PRECISION_NAMES[t.amp]} ({reason})"]
     if "lrn" in plan and cfg.model.lrn:
         kernel = "fused kernel" if plan["lrn"]["kernel"] == "fused" else "torch operations"
-        bf16 = (
-            ", for fp32 only: in bf16 it runs as torch operations"
-            if t.amp != "off" and kernel != "torch operations"
-            else ""
-        )
-        lines.append(f"LRN {kernel} ({plan['lrn']['reason']}{bf16})")
+        lines.append(f"LRN {kernel} ({plan['lrn']['reason']})")
     budget = plan.get("budget")
     if budget:
         lines.append(

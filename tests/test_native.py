@@ -1,6 +1,8 @@
 """The fused LRN kernel's build (native.py) and the choice between it and the torch
 operations (lrn.select_kernel). Its numbers against float64: tests/test_lrn.py."""
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,25 @@ def test_cc_with_words_and_a_cache_that_cannot_be_written(fresh_build, monkeypat
     assert native.library() is not None, native.kernel_status()
     assert native.kernel_status().startswith("built with env ")
     assert list(temp.glob("alexnet-kernels-*/lrn-*.so"))
+
+
+def test_a_run_resumes_where_its_fused_kernel_does_not_build(fashion_dir, tmp_path, lrn_kernel, monkeypatch, cli):
+    """A run trained with the fused kernel, resumed on a machine without a compiler:
+    `--lrn-kernel auto` falls back to the torch operations (and says so); asking for
+    `fused` there is refused in one line."""
+    lrn_kernel("fused")  # skips without a compiler
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", fashion_dir, "--limit-train", "256", "--limit-val", "64", "--batch-size", "64"]
+    args += ["--width", "0.25", "--amp", "off", "--out", out]
+    rc, _, _ = cli(*args, "--epochs", "1", "--lrn-kernel", "fused")
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["train"]["lrn_kernel"] == "fused"
+    monkeypatch.setattr(native, "_state", {"error": "no C compiler found (cc, gcc or clang; or set CC)"})
+    lrn._kernel.update(chosen="", reason="")
+    rc, _, err = cli(*args, "--epochs", "2", "--resume", "--lrn-kernel", "fused")
+    assert rc == 2 and "--lrn-kernel fused: no C compiler found" in err
+    rc, stdout, _ = cli(*args, "--epochs", "2", "--resume")
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["lrn_kernel"] == "torch" and "not available" in cfg["plan"]["lrn"]["reason"]
+    assert "alexnet: LRN torch operations (the fused kernel is not available: no C compiler found" in stdout

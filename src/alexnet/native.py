@@ -49,7 +49,9 @@ FLAG_SETS = (
 PARALLEL_MIN_VALUES = 1 << 16
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "lib", "flags", "error", "pool": the build, once per process
+# the build, once per process: "lib" and "flags" and "openmp", or "error"; the Python
+# threads' "pool" and its "pool_threads" where the kernel has no OpenMP
+_state: dict[str, object] = {}
 
 
 def _cpu_signature() -> str:
@@ -75,11 +77,14 @@ def _openmp_runtime() -> str | None:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
+    found = []
     for line in lines:
         path = line.split()[-1] if line.split() else ""
         if path.startswith("/") and re.match(r"lib(gomp|iomp5|omp)[-.\w]*\.so", os.path.basename(path)):
-            return path
-    return None
+            found.append(path)
+    torch_dir = os.path.dirname(torch.__file__)
+    found.sort(key=lambda path: not path.startswith(torch_dir))  # torch's own first, if another is loaded too
+    return found[0] if found else None
 
 
 def _compile(compiler: list[str], flags: tuple[str, ...], openmp: str | None, target: Path) -> str | None:

@@ -323,7 +323,12 @@ def _decide(
     if ckpt is not None:
         before = RunConfig.from_dict(ckpt["config"])
         amp = before.train.amp if t.amp == "auto" else t.amp
-        lrn = _lrn_kernel(before.train.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel, device, cfg)
+        try:
+            lrn = _lrn_kernel(before.train.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel, device, cfg)
+        except UserError:  # the checkpoint's fused kernel does not build on this machine
+            if t.lrn_kernel != "auto":
+                raise
+            lrn = _lrn_kernel("auto", device, cfg)
         planned = t.budget is not None and before.plan.get("budget")
         epochs, steps = (before.train.epochs, before.train.steps) if planned else (t.epochs, t.steps)
         plan = (

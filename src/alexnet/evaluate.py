@@ -14,7 +14,7 @@ from .data import is_fashion_mnist, load_split
 from .engine import evaluate_loader
 from .errors import UserError
 from .imagenet import human_names
-from .runtime import resolve_device
+from .runtime import resolve_device, stored_precision
 
 
 def evaluate_checkpoint(
@@ -65,8 +65,7 @@ def _evaluate(
     channels_last = cfg.train.channels_last
     model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
-    amp = cfg.train.amp if amp is None else amp
-    amp = "off" if amp == "auto" else amp  # a config never run: fp32
+    amp = stored_precision(cfg.train.amp if amp is None else amp)
     mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
     result = evaluate_loader(
         model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop, d=d, show=d.main

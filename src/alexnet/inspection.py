@@ -51,7 +51,7 @@ from .config import cache_dir
 from .data import load_image, stored_transform
 from .errors import UserError
 from .jsonio import atomic_write
-from .runtime import autocast
+from .runtime import autocast, stored_precision
 from .tblog import normalise_kernels
 
 if TYPE_CHECKING:
@@ -190,9 +190,8 @@ def preprocess_for(loaded: Inference) -> Preprocess:
 
 
 def precision(loaded: Inference) -> str:
-    """The checkpoint's precision; "auto" (a config never run) is fp32, as evaluate takes it."""
-    amp = loaded.config.train.amp
-    return "off" if amp == "auto" else amp
+    """The checkpoint's precision, as evaluate takes it (runtime.stored_precision)."""
+    return stored_precision(loaded.config.train.amp)
 
 
 def network_input(loaded: Inference, image: torch.Tensor) -> torch.Tensor:

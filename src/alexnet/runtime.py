@@ -57,6 +57,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def stored_precision(amp: str) -> str:
+    """The precision to run a checkpoint in: its run's, and fp32 for "auto" (a config saved
+    before a run decided it)."""
+    return "off" if amp == "auto" else amp
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[object]:
     """The one precision context of the project: autocast to bf16/fp16, or nothing (fp32)."""
     dtype = AMP_DTYPES[amp]

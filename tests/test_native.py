@@ -28,8 +28,8 @@ def mocked_kernel(monkeypatch, fresh_build):
     monkeypatch.setattr(native, "library", lambda: object())
     monkeypatch.setattr(native, "kernel_status", lambda: "built with cc -O3")
 
-    def set_(error: float, speedup: float, bf16_speedup: float = 2.0) -> None:
-        monkeypatch.setattr(lrn, "fused_error", lambda dtype: error if dtype == torch.float32 else 1e-3)
+    def set_(error: float, speedup: float, bf16_speedup: float = 2.0, bf16_error: float = 1e-3) -> None:
+        monkeypatch.setattr(lrn, "fused_error", lambda dtype: error if dtype == torch.float32 else bf16_error)
         monkeypatch.setattr(lrn, "fused_speedup", lambda dtype: speedup if dtype == torch.float32 else bf16_speedup)
 
     return set_
@@ -56,6 +56,8 @@ def test_a_kernel_that_fails_its_check_is_not_used(mocked_kernel):
         lrn.select_kernel("fused")
     mocked_kernel(float("nan"), 5.0)  # NaN is not "within tolerance"
     assert lrn.select_kernel("auto")[0] == "torch"
+    mocked_kernel(1e-7, 5.0, bf16_error=0.05)  # bf16's tolerance is one bf16 rounding, not more
+    assert lrn.select_kernel("auto") == ("torch", "the fused kernel failed its check: relative error 5.0e-02 in bf16")
 
 
 def test_without_a_compiler_the_layer_runs_as_torch_operations(fresh_build, monkeypatch):

@@ -17,18 +17,20 @@ written out, keeping a, d^-beta and d^(-beta-1) from the forward pass:
 
 (B is symmetric, so B^T = B).
 
-The fused kernel: on the CPU, float32 and bfloat16 tensors go through native.py's C
-kernel (lrn.c), one pass over memory each way, which recomputes d in the backward instead
-of saving it: in fp32 2.5-4.2x faster than these torch operations in channels_last
-(docs/BENCHMARKS.md). It computes bf16 inputs in float32 and rounds the result once.
-`select_kernel` decides per process: `auto` takes it where it builds, matches the float64
-reference on a test tensor, and measures faster; `fused` insists; `torch` never uses it.
+The fused kernel: on the CPU, float32 tensors (any layout) and bfloat16 tensors
+(channels_last) go through native.py's C kernel (lrn.c), one pass over memory each way,
+which recomputes d in the backward instead of saving it: in fp32 2.5-4.2x faster than
+these torch operations in channels_last (docs/BENCHMARKS.md). It computes bf16 inputs in
+float32 and rounds the result once. `select_kernel` decides per process: `auto` takes it
+where it builds, matches the float64 reference on a test tensor, and measures faster;
+`fused` insists; `torch` never uses it.
 
-Precision: float32 and float64 inputs are computed in their own type (exact to rounding).
-Under bf16 autocast the layer computes in bf16 like the convolutions around it, which
-halves its cost: bf16 has fp32's range, and rounding d = k + alpha * sum to bf16 only
-hides effects smaller than the bf16 resolution of the output itself. fp16 inputs are
-computed in fp32, since squares of activations above 256 overflow fp16.
+Precision of the torch operations: float32 and float64 inputs are computed in their own
+type (exact to rounding). Under bf16 autocast the layer computes in bf16 like the
+convolutions around it, which halves its cost: bf16 has fp32's range, and rounding
+d = k + alpha * sum to bf16 only hides effects smaller than the bf16 resolution of the
+output itself. fp16 inputs are computed in fp32, since squares of activations above 256
+overflow fp16.
 """
 
 from __future__ import annotations

@@ -175,3 +175,14 @@ def test_a_run_resumes_where_its_fused_kernel_does_not_build(fashion_dir, tmp_pa
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["lrn_kernel"] == "torch" and "not available" in cfg["plan"]["lrn"]["reason"]
     assert "alexnet: LRN torch operations (the fused kernel is not available: no C compiler found" in stdout
+
+
+def test_an_infinite_activation_stays_in_its_own_pixel(lrn_kernel):
+    """The kernel sums channel windows over blocks of pixels: a value in one pixel must not
+    reach its neighbours in the block, even an infinite one (inf * 0 would be NaN)."""
+    lrn_kernel("fused")
+    x = torch.ones(2, 7, 6, 6).contiguous(memory_format=torch.channels_last) * 10
+    x[0, 6, 2, 3] = float("inf")  # the last channel of one pixel
+    y = native.lrn_forward(x, 2, 2.0, 1e-4, 0.75)
+    bad = ~torch.isfinite(y)
+    assert bad.any() and bad.sum(dim=1).nonzero().tolist() == [[0, 2, 3]]  # only that pixel

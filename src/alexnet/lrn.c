@@ -16,9 +16,9 @@
    composed operations on the CPU we measured (docs/BENCHMARKS.md).
 
    Rows are processed in blocks of about BLOCK values, as flat arrays: the window sum
-   adds each neighbour times a 0/1 mask that is zero where the neighbour lies in another
-   row. So every loop runs over hundreds of values, whatever the channel count (a loop
-   per row of 28 channels would spend its time in the vector loop's scalar tail). */
+   adds each neighbour where a 0/1 mask says it lies in the same row. So every loop runs
+   over hundreds of values, whatever the channel count (a loop per row of 28 channels
+   would spend its time in the vector loop's scalar tail). */
 
 #include <math.h>
 #include <stdint.h>
@@ -89,7 +89,9 @@ static void window_sum(const Work *w, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = p[i];
     for (int64_t o = 1; o <= w->half; o++) {
         const float *below = w->masks + 2 * (o - 1) * w->n, *above = below + w->n;
-        for (int64_t i = 0; i < n; i++) out[i] += below[i] * p[i - o] + above[i] * p[i + o];
+        /* a select, not a multiply: an infinite value in another row stays out (inf * 0 is NaN) */
+        for (int64_t i = 0; i < n; i++)
+            out[i] += (below[i] != 0.0f ? p[i - o] : 0.0f) + (above[i] != 0.0f ? p[i + o] : 0.0f);
     }
 }
 

@@ -19,7 +19,7 @@ written out, keeping a, d^-beta and d^(-beta-1) from the forward pass:
 
 The fused kernel: on the CPU, float32 tensors (any layout) and bfloat16 tensors
 (channels_last) go through native.py's C kernel (lrn.c), one pass over memory each way,
-which recomputes d in the backward instead of saving it: in fp32 2.5-4.2x faster than
+which recomputes d in the backward instead of saving it: in fp32 2.3-4.2x faster than
 these torch operations in channels_last (docs/BENCHMARKS.md). It computes bf16 inputs in
 float32 and rounds the result once. `select_kernel` decides per process: `auto` takes it
 where it builds, matches the float64 reference on a test tensor, and measures faster;

@@ -126,10 +126,11 @@ static const float *as_float(const void *data, int bf16, int64_t offset, int64_t
     return buffer;
 }
 
-/* Forward over `rows` rows of `channels` values; x and y are float32, or bfloat16 when
-   bf16 is 1. Returns 0, or -1 when out of memory. */
-int lrn_forward(const void *x, void *y, int64_t rows, int64_t channels, int64_t half, float k, float alpha,
-                float beta, int bf16) {
+/* Forward (g NULL: out = LRN(x)) or backward (out = the gradient at x given the output's
+   gradient g) over `rows` rows of `channels` values; the tensors are float32, or bfloat16
+   when bf16 is 1. Returns 0, or -1 when out of memory. */
+static int run(const void *x, const void *g, void *out, int64_t rows, int64_t channels, int64_t half, float k,
+               float alpha, float beta, int bf16) {
     int failed = 0;
 #pragma omp parallel if (rows * channels >= PARALLEL_MIN_VALUES) reduction(| : failed)
     {
@@ -141,37 +142,26 @@ int lrn_forward(const void *x, void *y, int64_t rows, int64_t channels, int64_t 
             if (failed) continue;
             int64_t offset = b * w.rows_per_block * channels;
             int64_t n = (rows * channels - offset < w.n ? rows * channels - offset : w.n);
-            float *out = bf16 ? w.out : (float *)y + offset;
-            block_forward(&w, as_float(x, bf16, offset, n, w.x), out, n, k, alpha, beta);
+            const float *xb = as_float(x, bf16, offset, n, w.x);
+            float *ob = bf16 ? w.out : (float *)out + offset;
+            if (g)
+                block_backward(&w, xb, as_float(g, bf16, offset, n, w.g), ob, n, k, alpha, beta);
+            else
+                block_forward(&w, xb, ob, n, k, alpha, beta);
             if (bf16)
-                for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[offset + i] = to_bf16(out[i]);
+                for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[offset + i] = to_bf16(ob[i]);
         }
         free(w.masks);
     }
     return failed ? -1 : 0;
 }
 
-/* Backward: grad from x and the output's gradient g, in the same type as x. */
+int lrn_forward(const void *x, void *y, int64_t rows, int64_t channels, int64_t half, float k, float alpha,
+                float beta, int bf16) {
+    return run(x, NULL, y, rows, channels, half, k, alpha, beta, bf16);
+}
+
 int lrn_backward(const void *x, const void *g, void *grad, int64_t rows, int64_t channels, int64_t half, float k,
                  float alpha, float beta, int bf16) {
-    int failed = 0;
-#pragma omp parallel if (rows * channels >= PARALLEL_MIN_VALUES) reduction(| : failed)
-    {
-        Work w;
-        failed = work_init(&w, channels, half);
-        int64_t blocks = (rows + w.rows_per_block - 1) / w.rows_per_block;
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            if (failed) continue;
-            int64_t offset = b * w.rows_per_block * channels;
-            int64_t n = (rows * channels - offset < w.n ? rows * channels - offset : w.n);
-            float *out = bf16 ? w.out : (float *)grad + offset;
-            block_backward(&w, as_float(x, bf16, offset, n, w.x), as_float(g, bf16, offset, n, w.g), out, n, k, alpha,
-                           beta);
-            if (bf16)
-                for (int64_t i = 0; i < n; i++) ((uint16_t *)grad)[offset + i] = to_bf16(out[i]);
-        }
-        free(w.masks);
-    }
-    return failed ? -1 : 0;
+    return run(x, g, grad, rows, channels, half, k, alpha, beta, bf16);
 }

@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from tiny import tiny_train_argv
+
 
 @pytest.mark.slow
 def test_train_writes_its_outputs(fashion_run):
@@ -77,23 +79,7 @@ def test_predict_real_photos_any_mode(fashion_run, cli, photos):
 @pytest.mark.slow
 def test_resume_continues_exactly(fashion_dir, tmp_path, cli):
     # a step schedule: the learning rate at a step does not depend on the planned length
-    common = [
-        "train",
-        "--data-dir",
-        fashion_dir,
-        "--limit-train",
-        "600",
-        "--limit-val",
-        "100",
-        "--width",
-        "0.25",
-        "--amp",
-        "off",
-        "--schedule",
-        "step",
-        "--step-epochs",
-        "1",
-    ]
+    common = tiny_train_argv(fashion_dir, 600, 100, "--step-epochs", "1")
     assert cli(*common, "--epochs", "2", "--out", tmp_path / "straight")[0] == 0
     assert cli(*common, "--epochs", "1", "--out", tmp_path / "split")[0] == 0
     assert (

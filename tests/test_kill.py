@@ -27,6 +27,7 @@ import gates
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.config import RunConfig
 from alexnet.errors import UserError
+from tiny import tiny_train_argv
 
 pytestmark = pytest.mark.slow  # every test trains and SIGKILLs subprocesses
 
@@ -58,25 +59,7 @@ def _no_stray_runs():
 
 
 def _argv(fashion_dir, out: Path, resume: bool) -> list:
-    argv = [
-        "train",
-        "--data-dir",
-        fashion_dir,
-        "--limit-train",
-        "2000",
-        "--limit-val",
-        "200",
-        "--width",
-        "0.25",
-        "--epochs",
-        str(EPOCHS),
-        "--amp",
-        "off",
-        "--schedule",
-        "step",
-        "--out",
-        str(out),
-    ]
+    argv = tiny_train_argv(fashion_dir, 2000, 200, "--epochs", str(EPOCHS), "--out", str(out))
     return argv + (["--resume", str(out / "last.pt")] if resume else [])
 
 

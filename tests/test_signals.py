@@ -8,6 +8,7 @@ import torch
 
 import gates
 from alexnet.cli import main
+from tiny import tiny_train_argv
 
 pytestmark = pytest.mark.slow  # every test trains (or uses fashion_run, which does)
 
@@ -66,23 +67,7 @@ def test_signal_saves_and_resume_is_exact(fashion_dir, tmp_path, sig):
 
 def test_nan_stops_with_advice_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path, capsys):
     out = tmp_path / "nan"
-    common = [
-        "train",
-        "--data-dir",
-        fashion_dir,
-        "--limit-train",
-        "1000",
-        "--limit-val",
-        "100",
-        "--width",
-        "0.25",
-        "--amp",
-        "off",
-        "--schedule",
-        "step",
-        "--out",
-        str(out),
-    ]  # a constant lr
+    common = tiny_train_argv(fashion_dir, 1000, 100, "--out", str(out))  # a constant lr
     assert main([*common, "--epochs", "1"]) == 0
     good = _weights(out / "last.pt")
     capsys.readouterr()
@@ -138,23 +123,7 @@ def test_unreadable_training_files_are_skipped_and_listed(tmp_path, capsys):
 
 def test_resume_rewrites_metrics_and_cleans_temporary_files(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    common = [
-        "train",
-        "--data-dir",
-        fashion_dir,
-        "--limit-train",
-        "600",
-        "--limit-val",
-        "100",
-        "--width",
-        "0.25",
-        "--amp",
-        "off",
-        "--schedule",
-        "step",
-        "--out",
-        str(out),
-    ]
+    common = tiny_train_argv(fashion_dir, 600, 100, "--out", str(out))
     assert main([*common, "--epochs", "1"]) == 0
     # a kill after the metrics row of epoch 2 but before its checkpoint, and a torn write
     with open(out / "metrics.csv", "a") as f:

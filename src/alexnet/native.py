@@ -147,10 +147,11 @@ def _build() -> None:
         _state["error"] = "no C compiler found (cc, gcc or clang; or set CC)"
         return
     name, runtime = Path(compiler[0]).name, _openmp_runtime()
+    what = [SOURCE.read_text(), *compiler, _cpu_signature()]  # what every build's key shares
     errors = []
     for openmp in (runtime, None) if runtime else (None,):
         for flags in FLAG_SETS:
-            key = "\0".join([SOURCE.read_text(), *compiler, " ".join(flags), str(openmp), _cpu_signature()])
+            key = "\0".join([*what, " ".join(flags), str(openmp)])
             try:
                 target = _kernel_dir() / f"lrn-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
                 error = None if target.is_file() else _compile(compiler, flags, openmp, target)

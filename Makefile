@@ -9,15 +9,25 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/fashion-mnist
 ALEXNET = $(VENV)/bin/alexnet
 
-.PHONY: run test test-fast lint setup data clean
+.PHONY: run test test-fast lint setup setup-test data clean
+
+# Two install sets: `make run` needs only the package (train, evaluate, samples, predict
+# draw nothing); `make test` adds the `test` extra (pytest, ruff, playwright, onnx, ...).
+RUN_EXTRAS ?=
+TEST_EXTRAS ?= test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -c "import torch, torchvision" 2>/dev/null || $(VENV)/bin/pip install $(TORCH_SPEC)
-	$(VENV)/bin/pip install -e ".[test]"
+	$(VENV)/bin/pip install -e ".$(if $(RUN_EXTRAS),[$(RUN_EXTRAS)])"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/pip install -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist package (no download).
 data:
@@ -38,16 +48,16 @@ run: setup data
 	$(ALEXNET) predict $(RUN_DIR)/last.pt --topk 3 $(RUN_DIR)/samples/*.png
 
 # ruff's lint and format checks (pyproject.toml), then every test
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-test: setup data lint
+test: setup-test data lint
 	FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(VENV)/bin/python -m pytest
 
 # The tests not marked slow (pyproject.toml: none trains, starts a subprocess, compiles or
 # exports, or takes seconds): under a minute on 2 cores.
-test-fast: setup data
+test-fast: setup-test data
 	FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(VENV)/bin/python -m pytest -m "not slow"
 
 clean:

@@ -8,11 +8,14 @@ activation grids, an enlarged channel, the neighbours in fc7, the occlusion map,
 training curves), checks that nothing left 127.0.0.1 and that the console stayed clean, and
 saves a screenshot (the README's, docs/figures/serve.png, when asked: see SCREENSHOT).
 
-Without /usr/bin/chromium (a laptop) these tests skip; CI sets ALEXNET_BROWSER_TESTS=required
-(.ci/run), where a missing browser fails them.
+Without /usr/bin/chromium (a laptop), or with one that does not start or run a page, these
+tests skip with the reason; CI sets ALEXNET_BROWSER_TESTS=required (.ci/run), where they
+fail instead. A chromium whose major version differs from the pinned playwright's is only a
+warning (BrowserVersionDrift): the browser tests themselves decide.
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -22,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -84,17 +88,67 @@ def _playwright_chromium() -> tuple[int, str, Path]:
     return int(version.split(".")[0]), version, path
 
 
-def test_debian_chromium_matches_the_pinned_playwright():
-    """playwright speaks the DevTools protocol of one Chromium release: Debian's chromium and
-    the pinned playwright must have the same major version."""
+class BrowserVersionDrift(UserWarning):
+    """Debian's chromium and the pinned playwright's Chromium have different major versions."""
+
+
+def _version_drift() -> str | None:
+    """A warning when Debian's chromium and the playwright release are of different majors.
+
+    playwright speaks the DevTools protocol of one Chromium release, but the protocol moves
+    slowly: playwright 1.64.1 (Chromium 156) drove Debian's chromium 150 through every
+    browser test here. Debian's security suite ships a new major about every four weeks, so
+    a drift is reported, not failed on; the browser tests themselves decide."""
     debian, line = _debian_chromium()
     pinned, version, path = _playwright_chromium()
-    assert debian == pinned, (
-        f"Debian's chromium and the pinned playwright drifted apart: {CHROMIUM} is {line}, but "
+    if debian == pinned:
+        return None
+    return (
+        f"Debian's chromium and the pinned playwright drifted apart: {CHROMIUM} is {line}, "
         f"playwright {metadata.version('playwright')} is built for Chromium {version} ({path}). "
-        f"Pin the playwright release whose Chromium is {debian}.x in pyproject.toml's `test` extra "
-        "(playwright's release notes name each release's Chromium), or install the matching chromium."
+        "The browser tests still decide; if they fail, pin the playwright release whose Chromium "
+        f"is {debian}.x in pyproject.toml's `test` extra (its release notes name each release's Chromium)."
     )
+
+
+@contextlib.contextmanager
+def _launched_browser():
+    """Debian's chromium under the pinned playwright, checked to run a page; a version drift
+    is a warning (BrowserVersionDrift). A browser that does not start or run a page skips the
+    tests, or fails them where they are required (CI), with the drift named as a suspect."""
+    drift = _version_drift()
+    if drift:
+        warnings.warn(drift, BrowserVersionDrift, stacklevel=2)
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    suspect = f" ({drift})" if drift else ""
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        except PlaywrightError as e:
+            _unavailable(f"{CHROMIUM} does not start under playwright: {str(e).splitlines()[0]}{suspect}")
+        try:
+            page = b.new_page()
+            page.set_content("<p id=p>ok</p><script>document.title = String(6 * 7)</script>")
+            if page.title() != "42" or page.inner_text("#p") != "ok":
+                _unavailable(f"{CHROMIUM} started but did not run a page{suspect}")
+            page.close()
+            yield b
+        finally:
+            b.close()
+
+
+def test_a_version_drift_is_a_warning_when_the_browser_works(monkeypatch):
+    """The guard: a chromium of another major than the pinned playwright's (simulated here)
+    is a BrowserVersionDrift warning, and the browser still has to work."""
+    pinned = _playwright_chromium()[0]
+    monkeypatch.setattr(sys.modules[__name__], "_debian_chromium", lambda: (pinned - 6, f"Chromium {pinned - 6}.0"))
+    with pytest.warns(BrowserVersionDrift, match=f"Chromium {pinned - 6}.0"):
+        with _launched_browser() as b:
+            page = b.new_page()
+            page.set_content("<b>drift</b>")
+            assert page.inner_text("b") == "drift"
 
 
 # ------------------------------------------------------------------ the server
@@ -157,16 +211,8 @@ def server(request):
 
 @pytest.fixture(scope="module")
 def browser():
-    _debian_chromium()
-    _playwright_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with _launched_browser() as b:
+        yield b
 
 
 class Recorder:

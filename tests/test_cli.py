@@ -252,3 +252,9 @@ def test_train_help_shows_each_recipes_default_and_never_none():
     assert "paper: 0.01; folder: 0.01 x sqrt(batch / 128); fashion-mnist: 0.06" in " ".join(text.split())
     for flag in ("--lr", "--weight-decay", "--init", "--mean-image", "--budget", "--resume", "--limit-train"):
         assert flag in text
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_fp16_on_the_cpu(fashion_run, cli, one_line_error):
+    rc, _, err = cli("evaluate", fashion_run / "last.pt", "--device", "cpu", "--amp", "fp16")
+    one_line_error(rc, err, "--amp fp16", "CUDA only")

@@ -306,3 +306,20 @@ def test_a_checkpoint_from_before_health_starts_afresh_without_false_alarms():
     m.load_state_dict({})
     # resumed at step 5000 of a healthy run: its current loss is judged, no plateau warning
     assert feed(m, [0.9, 0.85], first_step=5000) == [] and m.events == []
+
+
+@pytest.mark.parametrize(("precision", "advice"), [("bf16", "--amp off"), ("fp16", "--amp bf16")])
+def test_a_divergence_under_autocast_names_low_precision(precision, advice):
+    for events in (
+        feed(HealthMonitor(10, precision=precision), [2.0, math.nan]),
+        feed(HealthMonitor(10, precision=precision), [2.0, 1.5, 30.0, 60.0]),
+        [HealthMonitor(10, precision=precision).validation(1, math.inf)],
+    ):
+        e = events[0]
+        assert e.fatal and one_line(e) and f"low precision ({precision}) may be the cause" in e.message
+        assert advice in e.message and "--lr" in e.message
+
+
+def test_an_fp32_divergence_does_not_blame_precision():
+    e = feed(HealthMonitor(10, precision="off"), [2.0, math.nan])[0]
+    assert e.fatal and "precision" not in e.message and "--amp" not in e.message

@@ -24,6 +24,7 @@ from alexnet.plan import (
     validations,
 )
 from alexnet.recipes import resolve
+from alexnet.runtime import check_precision, stored_precision
 
 CPU = torch.device("cpu")
 
@@ -284,3 +285,22 @@ def test_a_run_off_its_pace_is_replanned_and_still_anneals(
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed
     assert json.loads((out / "summary.json").read_text())["epochs_done"] == len(rows)
+
+
+def test_fp16_runs_on_cuda_only():
+    check_precision("fp16", torch.device("cuda"))
+    for amp in ("off", "bf16", "auto"):
+        check_precision(amp, CPU)
+    for dev in (CPU, torch.device("mps")):
+        with pytest.raises(UserError, match=f"CUDA only, not on {dev.type}.*--amp bf16, --amp off"):
+            check_precision("fp16", dev)
+    # a checkpoint's fp16 runs as fp32 elsewhere; "auto" (saved before a decision) as fp32
+    assert [stored_precision(a, CPU) for a in ("fp16", "bf16", "off", "auto")] == ["off", "bf16", "off", "off"]
+    assert stored_precision("fp16", torch.device("cuda")) == "fp16"
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line_and_nothing_is_written(cli, fashion_dir, tmp_path, one_line_error):
+    out = tmp_path / "run"
+    rc, _, err = cli("train", "--data-dir", fashion_dir, "--device", "cpu", "--amp", "fp16", "--out", out)
+    one_line_error(rc, err, "--amp fp16", "CUDA only", "--amp bf16")
+    assert not out.exists()

@@ -14,7 +14,7 @@ from .data import is_fashion_mnist, load_split
 from .engine import evaluate_loader
 from .errors import UserError
 from .imagenet import human_names
-from .runtime import resolve_device, stored_precision
+from .runtime import check_precision, resolve_device, stored_precision
 
 
 def evaluate_checkpoint(
@@ -49,6 +49,8 @@ def _evaluate(
     mirror: bool | None,
     d: distributed.Dist,
 ) -> dict | None:
+    if amp is not None:
+        check_precision(amp, dev)
     loaded = load_inference(path, dev)
     cfg, m = loaded.config, loaded.config.model
     data_cfg = cfg.data
@@ -65,7 +67,7 @@ def _evaluate(
     channels_last = cfg.train.channels_last
     model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
-    amp = stored_precision(cfg.train.amp if amp is None else amp)
+    amp = stored_precision(cfg.train.amp if amp is None else amp, dev)
     mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
     result = evaluate_loader(
         model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop, d=d, show=d.main

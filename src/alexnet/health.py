@@ -66,6 +66,12 @@ EXPLODE_WINDOWS = 2  # windows in a row above it
 
 # What to try; the caller adds where the last good checkpoint is.
 DIVERGED_ADVICE = "try a lower --lr, --init caffe or a warm-up (--warmup-epochs)"
+# Added to DIVERGED_ADVICE under autocast: bf16 rounds to 8 bits of mantissa, and fp16
+# overflows above 65,504 (the loss scaler guards the gradients, not the activations).
+LOW_PRECISION_ADVICE = {
+    "bf16": "; low precision (bf16) may be the cause: try --amp off (fp32)",
+    "fp16": "; low precision (fp16) may be the cause: try --amp bf16 or --amp off (fp32)",
+}
 STUCK_ADVICE = (
     "try another --lr, --init caffe or a warm-up (--warmup-epochs); "
     "with the paper's init (--init paper) the loss may still leave this plateau later"
@@ -107,6 +113,8 @@ class HealthMonitor:
     flat_steps, flat_margin: `not_learning` when no window mean is below ln C - flat_margin
     by global step flat_steps. explode_factor, explode_windows: `exploding` when
     explode_windows window means in a row are above explode_factor x ln C.
+    precision: the run's autocast ("off", "bf16", "fp16"); under bf16/fp16 the divergence
+    advice names low precision as a possible cause.
     events: every event returned so far, for the run's metrics and JSON summary.
     """
 
@@ -117,6 +125,7 @@ class HealthMonitor:
         explode_factor: float = EXPLODE_FACTOR,
         flat_margin: float = FLAT_MARGIN,
         explode_windows: int = EXPLODE_WINDOWS,
+        precision: str = "off",
     ) -> None:
         if num_classes < 1 or flat_steps < 0 or flat_margin < 0 or explode_factor <= 0 or explode_windows < 1:
             raise ValueError(
@@ -126,6 +135,7 @@ class HealthMonitor:
             )
         self.num_classes, self.flat_steps, self.flat_margin = num_classes, flat_steps, flat_margin
         self.explode_factor, self.explode_windows = explode_factor, explode_windows
+        self.diverged_advice = DIVERGED_ADVICE + LOW_PRECISION_ADVICE.get(precision, "")
         self.events: list[HealthEvent] = []
         # the state (state_dict): whether the loss ever left chance, how many windows in a
         # row were above the explosion level, and the warnings given (each is said once)
@@ -158,7 +168,7 @@ class HealthMonitor:
                 NON_FINITE,
                 step,
                 True,
-                f"step {step}: training loss is {mean_loss}: training diverged; {DIVERGED_ADVICE}",
+                f"step {step}: training loss is {mean_loss}: training diverged; {self.diverged_advice}",
             )
         if self.num_classes < 2:
             return None
@@ -171,7 +181,7 @@ class HealthMonitor:
                 True,
                 f"step {step}: training loss {mean_loss:.4g} above {self.explode_factor:g} x "
                 f"ln {self.num_classes} = {self.explode_level:.4g} for {self.explode_streak} "
-                f"windows in a row: training diverged; {DIVERGED_ADVICE}",
+                f"windows in a row: training diverged; {self.diverged_advice}",
             )
         # learned first: a run resumed with a fresh monitor judges its current loss
         self.learned = self.learned or mean_loss < ln_c - self.flat_margin
@@ -194,7 +204,7 @@ class HealthMonitor:
             NON_FINITE_VAL,
             epoch,
             True,
-            f"epoch {epoch}: validation loss is {val_loss}: training diverged; {DIVERGED_ADVICE}",
+            f"epoch {epoch}: validation loss is {val_loss}: training diverged; {self.diverged_advice}",
         )
 
     def gradients(self, step: int, model: torch.nn.Module) -> HealthEvent | None:

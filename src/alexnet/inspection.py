@@ -191,7 +191,7 @@ def preprocess_for(loaded: Inference) -> Preprocess:
 
 def precision(loaded: Inference) -> str:
     """The checkpoint's precision, as evaluate takes it (runtime.stored_precision)."""
-    return stored_precision(loaded.config.train.amp)
+    return stored_precision(loaded.config.train.amp, device_of(loaded))
 
 
 def network_input(loaded: Inference, image: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from .augment import Preprocess
 from .checkpoint import load_inference
 from .data import load_image, stored_transform
 from .errors import UserError
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, stored_precision
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def predict(path: str, images: list[str], topk: int = 5, device: str = "auto", b
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         batch = torch.stack([transform(load_image(p, m.in_channels)) for p in chunk])
-        with autocast(dev, cfg.train.amp):
+        with autocast(dev, stored_precision(cfg.train.amp, dev)):
             logits = loaded.model(preprocess(batch.to(dev)))
         probs = torch.softmax(logits.float(), dim=1)
         finite = torch.isfinite(probs).all(dim=1)

@@ -52,7 +52,7 @@ from .plan import (
     training_step_timer,
 )
 from .rundir import RunDir
-from .runtime import AMP_DTYPES, autocast, grad_scaler, resolve_device
+from .runtime import AMP_DTYPES, autocast, check_precision, grad_scaler, resolve_device, stored_precision
 from .stats import cached_mean_image
 
 if TYPE_CHECKING:
@@ -134,7 +134,9 @@ def train(cfg: RunConfig) -> dict:
     checkpoint saved) and UserError for bad input or a run that diverged."""
     d, device_name = distributed.init(cfg.train.device)
     try:
-        run = _prepare(cfg, d, resolve_device(device_name))
+        device = resolve_device(device_name)
+        check_precision(cfg.train.amp, device)  # before anything is written
+        run = _prepare(cfg, d, device)
         with _StopSignals() as signals:
             while run.epoch < run.cfg.train.epochs:  # re-read: a budget's plan may be revised
                 if _run_epoch(run, signals):
@@ -181,7 +183,7 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
         model,
         step,
         schedule,
-        HealthMonitor(len(data.classes), flat_steps=t.flat_steps),
+        HealthMonitor(len(data.classes), flat_steps=t.flat_steps, precision=t.amp),
         started,
         log,
     )
@@ -322,7 +324,8 @@ def _decide(
     t = cfg.train
     if ckpt is not None:
         before = RunConfig.from_dict(ckpt["config"])
-        amp = before.train.amp if t.amp == "auto" else t.amp
+        # the checkpoint's precision, but fp32 for its fp16 off CUDA (runtime.stored_precision)
+        amp = stored_precision(before.train.amp, device) if t.amp == "auto" else t.amp
         try:
             lrn = _lrn_kernel(before.train.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel, device, cfg)
         except UserError:  # the checkpoint's fused kernel does not build on this machine
@@ -334,7 +337,10 @@ def _decide(
         plan = (
             before.plan
             if amp == before.train.amp
-            else {**before.plan, "precision": {"amp": amp, "reason": "as asked when resuming"}}
+            else {
+                **before.plan,
+                "precision": {"amp": amp, "reason": _resumed_precision(before.train.amp, t.amp, device)},
+            }
         )
         plan = {**plan, "lrn": lrn}
     else:
@@ -362,6 +368,13 @@ def _decide(
         plan = {**plan, "lrn": lrn}
     t = dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps, lrn_kernel=lrn["kernel"])
     return dataclasses.replace(cfg, train=t, plan=plan)
+
+
+def _resumed_precision(before: str, asked: str, device: torch.device) -> str:
+    """Why a resumed run's precision differs from its checkpoint's."""
+    if asked == "auto":
+        return f"the checkpoint's {before} runs on CUDA only: fp32 on {device.type}"
+    return "as asked when resuming"
 
 
 def _lrn_kernel(asked: str, device: torch.device, cfg: RunConfig) -> dict:

@@ -202,3 +202,37 @@ def lrn_kernel():
 
     yield use
     lrn._kernel.update(before)
+
+
+@pytest.fixture(scope="session")
+def imagenet_downloads(imagenet, tmp_path_factory) -> Path:
+    """The `imagenet` miniature as ImageNet's three downloads, in their exact layout:
+    ILSVRC2012_img_train.tar (a tar of per-class tars <wnid>.tar of <wnid>_N.JPEG, with a
+    truncated JPEG added to one class), ILSVRC2012_img_val.tar (the flat validation JPEGs)
+    and ILSVRC2012_devkit_t12.tar.gz (ILSVRC2012_devkit_t12/data/ with the ground truth and
+    a meta.mat whose IDs are not in sorted-wnid order and which lists a non-leaf synset)."""
+    import io
+    import tarfile
+
+    root = tmp_path_factory.mktemp("downloads")
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid_dir in sorted((imagenet / "train").iterdir(), reverse=True):  # not in sorted order
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+                for f in sorted(wnid_dir.iterdir()):
+                    inner.add(f, arcname=f.name)
+                if wnid_dir.name == "n04266014":
+                    whole = next(iter(sorted(wnid_dir.glob("*_0.JPEG")))).read_bytes()
+                    info = tarfile.TarInfo(f"{wnid_dir.name}_9.JPEG")
+                    info.size = len(whole) // 2
+                    inner.addfile(info, io.BytesIO(whole[: info.size]))  # truncated
+            info = tarfile.TarInfo(f"{wnid_dir.name}.tar")
+            info.size = inner_bytes.tell()
+            inner_bytes.seek(0)
+            outer.addfile(info, inner_bytes)
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as tar:
+        for f in sorted((imagenet / "val_flat").iterdir()):
+            tar.add(f, arcname=f.name)
+    with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        tar.add(imagenet / "ILSVRC2012_devkit_t12", arcname="ILSVRC2012_devkit_t12")
+    return root

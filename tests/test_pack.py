@@ -15,7 +15,7 @@ from alexnet.pack import pack
 @pytest.fixture(scope="module")
 def packed(imagenet, tmp_path_factory):
     out = tmp_path_factory.mktemp("packs") / "store"
-    pack(str(imagenet), str(out), workers=0, log=lambda *a: None)
+    pack(str(imagenet), str(out), encoding="raw", workers=0, log=lambda *a: None)
     return out
 
 
@@ -95,7 +95,7 @@ def test_shards_read_back_in_any_order(imagenet, tmp_path, monkeypatch):
     import alexnet.pack
 
     monkeypatch.setattr(alexnet.pack, "SHARD_BYTES", 5 * 3 * 256 * 256)
-    pack(str(imagenet), str(tmp_path / "store"), workers=0, log=lambda *a: None)
+    pack(str(imagenet), str(tmp_path / "store"), encoding="raw", workers=0, log=lambda *a: None)
     shards = json.loads((tmp_path / "store" / "pack.json").read_text())["splits"]["train"]["shards"]
     assert [s["count"] for s in shards] == [5, 5, 2]
     a = load_split(True, DataConfig(name=str(imagenet), workers=0), 6, seed=1)

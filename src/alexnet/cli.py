@@ -255,9 +255,21 @@ def cmd_pca(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
-    from .pack import pack
+    if args.list:
+        from .store import list_store
 
-    pack(args.data, args.out, args.resize, args.workers, args.limit)
+        if args.data or args.out:
+            raise UserError("pack --list STORE takes no SRC or OUT")
+        list_store(args.list)
+        return
+    if not (args.data and args.out):
+        raise UserError("pack needs SRC and OUT (or --list STORE)")
+    from .pack import DEFAULT_QUALITY, pack
+
+    quality = DEFAULT_QUALITY if args.quality is None else args.quality
+    pack(
+        args.data, args.out, args.resize, args.workers, args.limit, args.format, quality, args.val_labels, args.synsets
+    )
     print(f"alexnet: train from it with --data {args.out}")
 
 
@@ -430,12 +442,27 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the JSON here too (for train --pca)")
     p.set_defaults(func=cmd_pca)
 
-    p = sub.add_parser("pack", help="decode an image folder once into a memory-mapped store", formatter_class=_Help)
-    p.add_argument("data", help="ImageNet-style folder (train/ and val/)")
-    p.add_argument("out", help="the store to create (an empty or new folder)")
+    p = sub.add_parser(
+        "pack",
+        help="read ImageNet's downloads or an image folder once into a store (JPEG or raw shards)",
+        formatter_class=_Help,
+    )
+    p.add_argument(
+        "data",
+        nargs="?",
+        metavar="SRC",
+        help="a folder with ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and "
+        "ILSVRC2012_devkit_t12.tar.gz as downloaded, or an ImageNet-style folder (train/ and val/)",
+    )
+    p.add_argument("out", nargs="?", metavar="OUT", help="the store to create (an empty or new folder)")
+    p.add_argument("--list", metavar="STORE", help="print every stored image as CSV: split,index,source,class,label")
+    p.add_argument("--format", choices=["jpeg", "raw"], default="jpeg", help="how each image is kept")
+    p.add_argument("--quality", type=int, help="JPEG quality, 1-95 (default: 90, chosen in docs/BENCHMARKS.md)")
     p.add_argument("--resize", type=int, default=256, help="stored size (§2: 256)")
-    p.add_argument("--workers", type=int, default=-1)
-    p.add_argument("--limit", type=int, help="pack only this many images per split")
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: one per core)")
+    p.add_argument("--limit", type=int, help="pack only this many images per split (a fixed random subset)")
+    p.add_argument("--val-labels", help="a flat val/ folder's ground truth (see train --val-labels)")
+    p.add_argument("--synsets", help="the synset order of --val-labels (see train --synsets)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("samples", help="write Fashion-MNIST test images as PNG files", formatter_class=_Help)

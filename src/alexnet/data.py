@@ -19,9 +19,12 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -150,18 +153,21 @@ def load_image(path: str | Path, channels: int, draft: int | None = None) -> Ima
     decompression bomb: PIL only warns up to twice that, then refuses), refused from
     the header alone, before any pixel is decoded.
     """
-    import re
-    import warnings
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if not path.is_file():
         raise UserError(f"{path}: not a file")
+    return open_image(path, str(path), channels, draft)
+
+
+def open_image(source: Path | BinaryIO, name: str, channels: int, draft: int | None = None) -> Image.Image:
+    """load_image's decoding and checks, for a path or a file object (a member of a tar that
+    `alexnet pack` reads); errors name the file as `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if draft:
                     img.draft(None, (draft, draft))
                 ImageOps.exif_transpose(img, in_place=True)  # not a copy of every upright image
@@ -174,11 +180,11 @@ def load_image(path: str | Path, channels: int, draft: int | None = None) -> Ima
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
         raise UserError(
-            f"{path}: refused: {size}, more than the {Image.MAX_IMAGE_PIXELS:,} an "
+            f"{name}: refused: {size}, more than the {Image.MAX_IMAGE_PIXELS:,} an "
             "image may have here (a decompression bomb?)"
         ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from e
+        raise UserError(f"{name}: not a readable image ({e})") from e
     w, h = img.size
     if max(w, h) > 64 * min(w, h):
         long = 64 * min(w, h)

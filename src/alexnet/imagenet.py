@@ -22,7 +22,7 @@ import csv
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from torchvision import datasets
 
@@ -47,19 +47,21 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def read_meta_mat(path: Path) -> tuple[dict[int, str], dict[str, str]]:
-    """(ILSVRC2012_ID -> wnid, wnid -> first name) of the 1000 leaf synsets of meta.mat."""
+def read_meta_mat(path: Path | BinaryIO, name: str | None = None) -> tuple[dict[int, str], dict[str, str]]:
+    """(ILSVRC2012_ID -> wnid, wnid -> first name) of the 1000 leaf synsets of meta.mat (a
+    path, or a file object named `name`: the member of the devkit's tar.gz)."""
+    name = name or str(path)
     try:
         import scipy.io
     except ImportError as e:
-        raise UserError(f"{path}: reading the devkit's meta.mat needs scipy (pip install scipy)") from e
+        raise UserError(f"{name}: reading the devkit's meta.mat needs scipy (pip install scipy)") from e
     try:
-        synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
+        synsets = scipy.io.loadmat(path if not isinstance(path, Path) else str(path), squeeze_me=True)["synsets"]
         leaves = [s for s in synsets if int(s["num_children"]) == 0]
         ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in leaves}
         names = {str(s["WNID"]): str(s["words"]).split(", ")[0] for s in leaves}
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: not the devkit's meta.mat ({e})") from e
+        raise UserError(f"{name}: not the devkit's meta.mat ({e})") from e
     return ids, names
 
 

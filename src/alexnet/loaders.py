@@ -4,8 +4,10 @@ A loader yields (uint8 images N x C x H x W, int64 labels N) batches of one proc
 share of a split (ShardedBatches decides which), at the data's stored size; floats, crops,
 mirrors and lighting happen on the device (augment.py). Three loaders implement it:
 
-- InMemoryLoader: a uint8 tensor in memory (Fashion-MNIST) or a packed store's
-  memory-mapped images (store.py): one gather per batch;
+- InMemoryLoader: a uint8 tensor in memory (Fashion-MNIST) or a raw store's
+  memory-mapped images (store.py): one gather per batch, in the training process;
+- DecodingLoader: a JPEG store's images (store.py): DataLoader workers decode a whole
+  batch each;
 - FolderLoader: a DataLoader over image files (data.py decodes them) that skips
   unreadable files and lists them.
 """
@@ -23,7 +25,7 @@ from .distributed import Dist, check_batch
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .store import PackedImages
+    from .store import JpegImages, PackedImages
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -120,6 +122,51 @@ class InMemoryLoader:
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         return self._take(list(indices)), self.labels[list(indices)].tolist()
+
+
+class _WholeBatches(torch.utils.data.Dataset):
+    """dataset[indices] -> (uint8 images, labels): one worker call decodes a whole batch."""
+
+    def __init__(self, images: JpegImages, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: list[int]) -> Batch:
+        return self.images.take(idx), self.labels[idx]
+
+
+class DecodingLoader:
+    """Batches of images that cost work to get (a JPEG store: anything with
+    take(indices) -> uint8 tensor), each made whole by one DataLoader worker process, so
+    `workers` batches are decoded at once. Nothing is unreadable here: pack kept only the
+    images it decoded."""
+
+    def __init__(self, images: JpegImages, labels: torch.Tensor, batches: ShardedBatches, workers: int) -> None:
+        self.images, self.labels, self.batches = images, labels, batches
+        self.unreadable: list[str] = []
+        self.workers = default_workers() if workers < 0 else workers
+        self._loader = torch.utils.data.DataLoader(
+            _WholeBatches(images, labels),
+            sampler=batches,
+            batch_size=None,  # the sampler hands out whole batches of indices
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+        )
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self._loader)
+
+    def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        return self.images.take(list(indices)), self.labels[list(indices)].tolist()
 
 
 def default_workers() -> int:

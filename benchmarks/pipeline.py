@@ -296,16 +296,21 @@ def main() -> None:
         )
         downloads = make_downloads(folder, root / "downloads")
         packs = {}
-        for name, src, fmt in (("from the tars", downloads, "jpeg"), ("from the folder", folder, "jpeg")):
-            out = root / f"store-{name.split()[-1]}"
+        cores = len(os.sched_getaffinity(0))
+        for name, src, workers in (
+            ("from the tars", downloads, 0),
+            ("from the folder", folder, 0),
+            (f"from the tars, {cores} worker processes (all cores)", downloads, cores),
+        ):
+            out = root / f"store-{name.split()[2].rstrip(',')}-{workers}"
             t = time.perf_counter()
-            pack(str(src), str(out), workers=0, encoding=fmt, **QUIET)
+            pack(str(src), str(out), workers=workers, **QUIET)
             packs[name] = (len(files) + 4) / (time.perf_counter() - t)
         raw = root / "store-raw"
         pack(str(folder), str(raw), workers=0, encoding="raw", **QUIET)
-        jpeg = root / "store-folder"
+        jpeg = root / "store-folder-0"
         table(
-            "pack, one core (decode, resize, centre 256, encode JPEG q90)",
+            "pack: decode, resize, centre 256, encode JPEG q90 (one core unless said)",
             [(k, f"{v:,.0f} images/s") for k, v in packs.items()],
         )
 

@@ -71,3 +71,27 @@ def test_agreement_script(fashion_run):
     assert r.returncode == 0, r.stderr[-2000:]
     same = {m[0]: int(m[1]) for m in re.findall(r"^(\S+(?: compiled)?)\s+top-1 .* on (\d+) of 200$", r.stdout, re.M)}
     assert same["fp32"] == 200 and same["bf16"] >= 190 and same["bf16 compiled"] >= 190, r.stdout
+
+
+def test_pipeline_script_on_a_few_images(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--images", "12", "--repeats", "1"]
+    r = subprocess.run(
+        [*cmd, "--index", "5000", "--qualities", "90"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in ("JPEG store: simplejpeg", "JPEG store: PIL", "quality 90", "5,000 entries", "projection for ImageNet"):
+        assert line in r.stdout, line
+
+
+def test_gpu_script_without_cuda_or_data_skips_and_says_why(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "FASHION_MNIST_DIR": str(tmp_path), "ONLY": "gpu|small|default"}
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = r.stdout.split("=== summary")[1]
+    assert "tests marked gpu" in summary and f"no Fashion-MNIST in {tmp_path}" in summary
+    assert "lrn.py" in summary and "not in ONLY" in summary
+    if not __import__("torch").cuda.is_available():
+        assert "speed.py small" in summary and "no CUDA" in summary

@@ -99,3 +99,20 @@ def test_bf16_gradient_compression_is_close_to_fp32(runs, fashion_dir, tmp_path)
     # the hook is active (gradients were rounded to bf16), and 10 steps with 8-bit-mantissa
     # gradients stay close to the fp32 run (measured: 0.3% of the weights' norm)
     assert 0 < relative < 0.01
+
+
+def test_the_mean_image_is_shared_out_and_equals_one_process(photo_folder, tmp_path):
+    """Each of 2 processes sums its share of the images; the mean is the one process's, bit
+    for bit (float64 sums of uint8 pixels are exact). Each run has its own copy of the
+    folder, so neither finds the other's cached mean."""
+    import shutil
+
+    small = ["--model", "small", "--input-size", "64", "--epochs", "1", "--batch-size", "4", "--amp", "off"]
+    means = []
+    for procs in (1, 2):
+        data = tmp_path / f"data-{procs}"
+        shutil.copytree(photo_folder, data)
+        r = alexnet("train", "--data", data, *small, "--workers", "0", "--out", tmp_path / f"run-{procs}", procs=procs)
+        assert ("2 processes, a share each" in r.stdout) == (procs == 2)
+        means.append(torch.load(tmp_path / f"run-{procs}" / "last.pt", weights_only=True)["mean_image"])
+    assert means[0].shape == (3, 72, 72) and torch.equal(means[0], means[1])

@@ -62,7 +62,7 @@ def test_every_mode_loads_as_rgb(imagenet):
 
 def test_mean_image_is_the_mean_of_the_decoded_training_set(imagenet):
     cfg = DataConfig(name=str(imagenet), workers=0)
-    got = mean_image(load_split(True, cfg, 5, ordered=True))
+    got = mean_image(load_split(True, cfg, 5, ordered=True), (3, cfg.resize, cfg.resize))
     transform = stored_transform(256)
     decoded = [transform(load_image(p, 3)).double() for p in sorted((imagenet / "train").rglob("*.JPEG"))]
     expected = torch.stack(decoded).mean(0)

@@ -65,9 +65,11 @@ def test_an_explicit_precision_is_not_measured():
 
 
 def test_cuda_capability_decides(monkeypatch):
-    assert cuda_precision(True).amp == "bf16"
-    assert cuda_precision(False).amp == "fp16" and "loss scaler" in cuda_precision(False).reason
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert cuda_precision((8, 0)).amp == "bf16" and cuda_precision((9, 0)).amp == "bf16"
+    for old in ((7, 0), (7, 5)):  # V100, T4: torch.cuda.is_bf16_supported() says True there (emulated)
+        assert cuda_precision(old).amp == "fp16" and "loss scaler" in cuda_precision(old).reason
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # not asked any more
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     measure = fixed({})
     p = choose_precision("auto", torch.device("cuda"), measure)
@@ -304,3 +306,19 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_and_nothing_is_written(cli, fash
     rc, _, err = cli("train", "--data-dir", fashion_dir, "--device", "cpu", "--amp", "fp16", "--out", out)
     one_line_error(rc, err, "--amp fp16", "CUDA only", "--amp bf16")
     assert not out.exists()
+
+
+def test_an_fp16_resume_of_a_bf16_run_starts_a_fresh_scale():
+    """The checkpoint of a bf16 (or fp32) run holds its disabled scaler's empty state."""
+    from alexnet.runtime import grad_scaler, restore_scaler
+
+    saved = grad_scaler(CPU, "bf16").state_dict()
+    assert saved == {}
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # an fp16 run (on CUDA; the CPU scaler behaves alike)
+    with pytest.raises(RuntimeError):
+        scaler.load_state_dict(saved)  # what train did before
+    restore_scaler(scaler, saved)
+    assert scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()  # a fresh scale
+    fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    restore_scaler(scaler, fp16.state_dict())
+    assert scaler.get_scale() == 1024.0  # an fp16 run's own state is continued

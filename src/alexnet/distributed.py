@@ -8,6 +8,7 @@ rendezvous flags (--nnodes, --node-rank, --rdzv-endpoint ...): nothing here chan
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,11 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
+
+# How long a collective waits for the slowest process: longer than torch's 10 minutes, since
+# a process may first read a whole split (the mean image's pass over ImageNet is a share
+# of 1.28M JPEGs per process, and one slow disk holds every process at the next collective).
+TIMEOUT = datetime.timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ def init(device_name: str) -> tuple[Dist, str]:
     elif device_name == "auto":
         device_name = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
     return Dist(rank, world, local_rank), device_name
 
 
@@ -62,6 +68,25 @@ def all_sum(values: list[float], device: torch.device, d: Dist) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def sum_tensor(t: torch.Tensor, device: torch.device, d: Dist) -> torch.Tensor:
+    """The element-wise sum of `t` over all processes (reduced on `device`: NCCL needs CUDA)."""
+    if not d.enabled:
+        return t
+    on = t.to(device)
+    dist.all_reduce(on, op=dist.ReduceOp.SUM)
+    return on.to(t.device)
+
+
+def broadcast_tensor(t: torch.Tensor | None, shape: tuple[int, ...], device: torch.device, d: Dist) -> torch.Tensor:
+    """The main process's float32 tensor `t` (of `shape`) on every process."""
+    if not d.enabled:
+        assert t is not None
+        return t
+    on = t.to(device, torch.float32) if d.main and t is not None else torch.empty(shape, device=device)
+    dist.broadcast(on, src=0)
+    return on.cpu()
 
 
 def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:

@@ -7,9 +7,10 @@ an AMD EPYC with AVX512-BF16, 0.8x on a Xeon with AVX512-BF16 but no AMX, and 0.
 Xeon without native bf16, where oneDNN emulates it (docs/BENCHMARKS.md). CPU flags do
 not settle it (the third machine has the flag and is still slower in bf16), so on the CPU
 `--amp auto` times a few real training steps of each precision on a copy of the model and
-takes the faster; on CUDA it takes bf16 where the card has it, else fp16 with a loss
-scaler. A time budget (`--budget 5m`) is turned into a number of epochs from the same
-measurement, before the first real step, so the run is the one `--epochs N` gives.
+takes the faster; on CUDA it takes bf16 where the card computes it natively (compute
+capability 8.0, Ampere, and later), else fp16 with a loss scaler. A time budget
+(`--budget 5m`) is turned into a number of epochs from the same measurement, before the
+first real step, so the run is the one `--epochs N` gives.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def choose_precision(
     if requested != "auto":
         return Precision(requested, "as asked")
     if device.type == "cuda":
-        return cuda_precision(torch.cuda.is_bf16_supported(), torch.cuda.get_device_name(device))
+        return cuda_precision(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
     if device.type != "cpu":  # Apple MPS: autocast there is not measured by this version
         return Precision("off", f"fp32 on {device.type}: autocast is measured on CPUs and CUDA only")
     seconds = measure(["off", "bf16"])
@@ -103,11 +104,18 @@ def choose_precision(
     )
 
 
-def cuda_precision(bf16_supported: bool, name: str = "CUDA") -> Precision:
-    """bf16 where the card computes it natively (Ampere and later), else fp16 + loss scaler."""
-    if bf16_supported:
-        return Precision("bf16", f"{name} supports bf16")
-    return Precision("fp16", f"{name} has no bf16: fp16 with a loss scaler")
+# bf16 tensor cores arrived with compute capability 8.0 (Ampere). torch.cuda.is_bf16_supported()
+# also says True on older cards (V100 7.0, T4 7.5), where bf16 is emulated and slow.
+BF16_CAPABILITY = (8, 0)
+
+
+def cuda_precision(capability: tuple[int, int], name: str = "CUDA") -> Precision:
+    """bf16 where the card computes it natively (compute capability 8.0 and later), else fp16
+    with a loss scaler."""
+    cc = f"compute capability {capability[0]}.{capability[1]}"
+    if tuple(capability) >= BF16_CAPABILITY:
+        return Precision("bf16", f"{name} ({cc}) computes bf16 natively")
+    return Precision("fp16", f"{name} ({cc}) has no native bf16: fp16 with a loss scaler")
 
 
 def training_step_timer(

@@ -91,3 +91,11 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """A loss scaler, active only for fp16 (bf16 has fp32's exponent range)."""
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Continue a checkpoint's loss scaler. A checkpoint of a bf16 or fp32 run holds an empty
+    state (its scaler was disabled): an fp16 run resumed from it starts a fresh scale, where
+    load_state_dict would raise."""
+    if state:
+        scaler.load_state_dict(state)

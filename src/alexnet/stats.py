@@ -17,19 +17,27 @@ from tqdm import tqdm
 
 from .config import DataConfig, cache_dir
 from .data import Split, is_fashion_mnist
+from .distributed import Dist, all_sum, any_flag, broadcast_tensor, sum_tensor
 from .jsonio import atomic_write
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+CPU = torch.device("cpu")
 
-def mean_image(split: Split) -> torch.Tensor:
-    """The mean of every image of an ordered split: float32 (C, H, W) in 0..255 units."""
-    total, count = None, 0
-    for images, _ in tqdm(split.loader, desc="mean image", leave=False, dynamic_ncols=True):
-        batch = images.to(torch.float64).sum(0)
-        total = batch if total is None else total + batch
+
+def mean_image(split: Split, shape: tuple[int, ...], device: torch.device = CPU, d: Dist = Dist()) -> torch.Tensor:
+    """The mean of every image of an ordered split, float32 `shape` (C, H, W) in 0..255 units.
+    Under torchrun each process sums its share of the images (the split's own sharding) and
+    the sums are added up: float64 sums of uint8 pixels are exact, so the mean is the one a
+    single process computes, bit for bit."""
+    total = torch.zeros(shape, dtype=torch.float64)
+    count = 0
+    for images, _ in tqdm(split.loader, desc="mean image", leave=False, dynamic_ncols=True, disable=not d.main):
+        total += images.to(torch.float64).sum(0)
         count += images.shape[0]
+    total = sum_tensor(total, device, d)
+    count = int(all_sum([float(count)], device, d)[0])
     if not count:
         raise ValueError("cannot take the mean of no images")
     return (total / count).float()
@@ -41,17 +49,34 @@ def _cache_paths(cfg: DataConfig, run_dir: Path) -> list[Path]:
     return [home / name, Path(run_dir) / name.lstrip(".")]
 
 
-def cached_mean_image(cfg: DataConfig, split: Split, run_dir: Path, log: Callable[[str], None] = print) -> torch.Tensor:
-    """The split's mean image from the cache if it matches the split, else computed and cached."""
-    paths = _cache_paths(cfg, run_dir)
+def _cached(paths: list[Path], fingerprint: str) -> torch.Tensor | None:
     for path in paths:
         if path.is_file():
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("fingerprint") == split.fingerprint:
+                if (f.metadata() or {}).get("fingerprint") == fingerprint:
                     return f.get_tensor("mean_image")
-    log(f"alexnet: computing the mean image of {split.size:,} training images (once)")
-    image = mean_image(split)
-    for path in paths:  # next to the data if writable, else the run directory
+    return None
+
+
+def cached_mean_image(
+    cfg: DataConfig,
+    split: Split,
+    run_dir: Path,
+    log: Callable[[str], None] = print,
+    device: torch.device = CPU,
+    d: Dist = Dist(),
+) -> torch.Tensor:
+    """The split's mean image from the cache if it matches the split, else computed (by every
+    process on its share, `split` being this process's) and cached by the main process."""
+    paths = _cache_paths(cfg, run_dir)
+    shape = (cfg.channels, cfg.resize, cfg.resize)
+    image = _cached(paths, split.fingerprint) if d.main else None
+    if any_flag(image is not None, device, d):  # the main process found it: sent to all
+        return broadcast_tensor(image, shape, device, d)
+    processes = f"; {d.world} processes, a share each" if d.enabled else ""
+    log(f"alexnet: computing the mean image of {split.size:,} training images (once{processes})")
+    image = mean_image(split, shape, device, d)
+    for path in paths if d.main else []:  # next to the data if writable, else the run directory
         try:
             atomic_write(
                 path, lambda tmp: save_file({"mean_image": image}, tmp, metadata={"fingerprint": split.fingerprint})

@@ -52,7 +52,15 @@ from .plan import (
     training_step_timer,
 )
 from .rundir import RunDir
-from .runtime import AMP_DTYPES, autocast, check_precision, grad_scaler, resolve_device, stored_precision
+from .runtime import (
+    AMP_DTYPES,
+    autocast,
+    check_precision,
+    grad_scaler,
+    resolve_device,
+    restore_scaler,
+    stored_precision,
+)
 from .stats import cached_mean_image
 
 if TYPE_CHECKING:
@@ -157,7 +165,7 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     if ckpt is not None and "optimizer" not in ckpt:
         raise UserError(f"{resume}: weights only; resuming needs a training checkpoint (last.pt)")
     cfg = _model_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume)), ckpt)
-    data = _load_data(cfg, ckpt, d, log)
+    data = _load_data(cfg, ckpt, d, log, device)
     model, cfg = _build_model(cfg, ckpt, data, device)
     preprocess = Preprocess(cfg.data, cfg.model.input_size, device, cfg.train.channels_last, data.mean_image)
     cfg = _decide(cfg, model, ckpt, data, preprocess, device, d, started, log)
@@ -217,7 +225,7 @@ def _model_config(cfg: RunConfig, ckpt: dict | None) -> RunConfig:
     return cfg
 
 
-def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None]) -> RunData:
+def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None], device: torch.device) -> RunData:
     """The data stage: both splits (this process's share), their classes, and the mean image."""
     t, data = cfg.train, cfg.data
     train_split = load_split(True, data, t.batch_size, t.seed, data.limit_train, d=d, strict=data.strict)
@@ -228,27 +236,23 @@ def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., No
     if ckpt is not None and list(ckpt["classes"]) != classes:
         raise UserError(f"{t.resume}: trained on other classes than {data.name}")
     names = None if is_fashion_mnist(data) else human_names(classes, Path(data.name), data.synsets)
-    mean_image, unreadable = _mean_image(cfg, ckpt, d, log)
+    mean_image, unreadable = _mean_image(cfg, ckpt, d, log, device)
     return RunData(train_split, val_split, classes, names, mean_image, unreadable)
 
 
 def _mean_image(
-    cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None]
+    cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None], device: torch.device
 ) -> tuple[torch.Tensor | None, list[str]]:
     """The training set's mean image (§2) if the recipe uses one: from the checkpoint, the
-    cache, or one pass over the data by the main process (the others then read its cache);
-    and the unreadable files that pass skipped."""
+    cache, or one pass over the data, every process reading its share (stats.py); and the
+    unreadable files this process's share skipped."""
     if not cfg.data.mean_image:
         return None, []
     if ckpt is not None and ckpt.get("mean_image") is not None:
         return ckpt["mean_image"], []
-    stats_split = load_split(True, cfg.data, cfg.train.batch_size, limit=cfg.data.limit_train, ordered=True)
-    out = Path(cfg.train.out)
-    if d.main:
-        image = cached_mean_image(cfg.data, stats_split, out, log=log)
-    distributed.barrier(d)
-    if not d.main:
-        image = cached_mean_image(cfg.data, stats_split, out, log=log)
+    t = cfg.train
+    stats_split = load_split(True, cfg.data, t.batch_size, limit=cfg.data.limit_train, ordered=True, d=d)
+    image = cached_mean_image(cfg.data, stats_split, Path(t.out), log=log, device=device, d=d)
     return image, list(stats_split.loader.unreadable)
 
 
@@ -281,7 +285,7 @@ def _restore(run: Run, ckpt: dict) -> None:
     """Continue where the checkpoint stopped: optimiser, schedule, scaler, health, position."""
     run.health.load_state_dict(ckpt.get("health", {}))
     run.step.optimizer.load_state_dict(ckpt["optimizer"])
-    run.step.scaler.load_state_dict(ckpt["scaler"])
+    restore_scaler(run.step.scaler, ckpt["scaler"])
     run.schedule.resume(ckpt["scheduler"], RunConfig.from_dict(ckpt["config"]).train, run.log)
     run.epoch, run.first_step, run.best_top1 = ckpt["epoch"], ckpt.get("step_in_epoch", 0), ckpt["best_top1"]
 

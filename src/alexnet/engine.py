@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .distributed import Dist, all_sum, any_flag
+from .distributed import Dist, sum_tensor
 from .errors import Unhealthy
-from .health import HealthMonitor
+from .health import HealthMonitor, gradient_probe
 from .runtime import autocast
 
 if TYPE_CHECKING:
@@ -23,11 +23,13 @@ if TYPE_CHECKING:
     from .loaders import Loader
 
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many rows have their target among the top k logits, for each k: a tensor on the
+    logits' device (no host sync)."""
     kmax = min(max(ks), logits.shape[1])
     pred = logits.topk(kmax, dim=1).indices
     hit = pred.eq(target[:, None])
-    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -40,15 +42,18 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + step) * 1_009 + rank
 
 
-def _totals(loss_sum: torch.Tensor, correct_sum: torch.Tensor, seen: int, device: torch.device, d: Dist) -> list[float]:
-    """(loss sum, correct, images) over all processes: one host sync."""
-    return all_sum([float(loss_sum), float(correct_sum), float(seen)], device, d)
+def _sync(values: list[torch.Tensor], device: torch.device, d: Dist) -> list[float]:
+    """The float64 scalars and vectors `values` (on the device), summed over all processes
+    (one all-reduce under torchrun) and read on the host: the one host sync of a window."""
+    flat = torch.cat([v.to(device, torch.float64).reshape(-1) for v in values])
+    return sum_tensor(flat, device, d).tolist()
 
 
 class _HealthWindows:
-    """Feeds the monitor the mean loss of each window of steps between two syncs (every
-    process sees the same all-reduced totals, so all decide alike); raises Unhealthy on a
-    divergence and hands warnings to `warn`."""
+    """Feeds the monitor the mean loss of each window of steps between two syncs, and which
+    layers' gradients are all zero (every process sees the same all-reduced values, so all
+    decide alike); raises Unhealthy on a divergence and hands warnings to `warn`. One sync a
+    window: the running totals, the stop flag and the gradient probe go in one all-reduce."""
 
     def __init__(
         self, health: HealthMonitor, model: torch.nn.Module, warn: Callable[[str], None], steps_before: int
@@ -57,7 +62,18 @@ class _HealthWindows:
         self.steps_before = steps_before  # global steps before this epoch
         self.loss, self.seen = 0.0, 0.0
 
-    def check(self, step: int, totals: list[float]) -> None:
+    def sync(
+        self, loss_sum: torch.Tensor, correct_sum: torch.Tensor, seen: int, stop: bool, device: torch.device, d: Dist
+    ) -> tuple[list[float], bool, list[str]]:
+        """(the epoch's running totals: loss sum, correct, images), whether any process asked
+        to stop, and the layers whose gradients are zero on every process."""
+        names, zero = gradient_probe(self.model) if self.health.wants_gradients else ([], torch.zeros(0))
+        flag = torch.tensor(1.0 if stop else 0.0)
+        out = _sync([loss_sum, correct_sum, torch.tensor(float(seen)), flag, zero], device, d)
+        dead = [n for n, z in zip(names, out[4:]) if z >= d.world]
+        return out[:3], out[3] > 0, dead
+
+    def check(self, step: int, totals: list[float], dead: list[str]) -> None:
         """step: the epoch's 0-based step just done; totals: the epoch's running totals."""
         seen = totals[2] - self.seen
         if seen <= 0:
@@ -65,7 +81,7 @@ class _HealthWindows:
         global_step = self.steps_before + step + 1
         events = [
             self.health.window(global_step, (totals[0] - self.loss) / seen),
-            self.health.gradients(global_step, self.model),
+            self.health.dead_layers(global_step, dead),
         ]
         self.loss, self.seen = totals[0], totals[2]
         for event in filter(None, events):
@@ -176,18 +192,22 @@ def train_one_epoch(step: Stepper, loader: Loader, span: Span = Span(), watch: W
         seen += n
         last = i + 1 >= last_step
         if (i + 1) % watch.log_every == 0 and not last:
-            # one host sync (and one small all-reduce under DDP) every log_every steps
-            totals = _totals(loss_sum, correct_sum, seen, device, d)
-            windows.check(i, totals)
+            # one host sync (and one small all-reduce under DDP) every log_every steps: the
+            # totals, the gradient probe and the stop flag of every process together
+            totals, stop, dead = windows.sync(loss_sum, correct_sum, seen, watch.should_stop(), device, d)
+            windows.check(i, totals, dead)
             _show_progress(bar, totals, step.optimizer.param_groups[0]["lr"], time.perf_counter() - start)
+            if stop:
+                stopped = True
+                break
         if last:
             break
-        if any_flag(watch.should_stop(), device, d):
+        if not d.enabled and watch.should_stop():  # alone, a stop request costs no sync: at once
             stopped = True
             break
     bar.close()
-    totals = _totals(loss_sum, correct_sum, seen, device, d)
-    windows.check(i, totals)
+    totals, _, dead = windows.sync(loss_sum, correct_sum, seen, False, device, d)
+    windows.check(i, totals, dead)
     elapsed = time.perf_counter() - start
     images = max(totals[2], 1.0)
     return {
@@ -230,7 +250,7 @@ def evaluate_loader(
     per batch.
     """
     model.eval()
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 and top-5 hits, images
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not show):
         images = images.to(device, non_blocking=True)
@@ -242,13 +262,13 @@ def evaluate_loader(
                 log_probs.append(torch.log_softmax(model(view).float(), dim=1))
         # log of the mean softmax over the views, computed stably
         log_mean = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(views))
-        loss_sum += float(F.nll_loss(log_mean, labels, reduction="sum"))
-        c1, c5 = topk_correct(log_mean, labels)
-        top1, top5, seen = top1 + c1, top5 + c5, seen + labels.shape[0]
-    # each process saw its own images (ShardedBatches: every image once): add them up;
-    # unreadable files were skipped, and the result says how many
-    skipped = len(loader.unreadable)
-    loss_sum, top1, top5, seen, skipped = all_sum([loss_sum, top1, top5, seen, skipped], device, d)
+        sums[0] += F.nll_loss(log_mean, labels, reduction="sum")
+        sums[1:3] += topk_hits(log_mean, labels)
+        sums[3] += labels.shape[0]
+    # each process saw its own images (ShardedBatches: every image once): add them up, in
+    # the one host sync of the pass; unreadable files were skipped, and the result says how many
+    skipped = torch.tensor([float(len(loader.unreadable))])
+    loss_sum, top1, top5, seen, skipped = _sync([sums, skipped], device, d)
     n = max(seen, 1)
     return {
         "images": int(seen),

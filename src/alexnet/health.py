@@ -90,19 +90,18 @@ class HealthEvent:
         return asdict(self)
 
 
-def _dead_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the conv/linear layers whose weight gradient is exactly zero everywhere."""
-    names, peaks = [], []
+def gradient_probe(model: torch.nn.Module) -> tuple[list[str], torch.Tensor]:
+    """The conv/linear layers that have a weight gradient, and a float64 tensor on their
+    device with 1 where that gradient is exactly zero everywhere, else 0 (no host sync: the
+    caller reads it with whatever else it syncs)."""
+    names, zero = [], []
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
             grad = module.weight.grad
             if grad is not None:  # None: frozen or not used this step, nothing to judge
                 names.append(name or type(module).__name__)
-                peaks.append(grad.detach().abs().amax().float())
-    if not peaks:
-        return []
-    zero = (torch.stack(peaks) == 0).tolist()  # one host sync for all layers
-    return [n for n, z in zip(names, zero) if z]
+                zero.append((grad.detach().abs().amax() == 0).double())
+    return names, torch.stack(zero) if zero else torch.zeros(0, dtype=torch.float64)
 
 
 class HealthMonitor:
@@ -207,13 +206,22 @@ class HealthMonitor:
             f"epoch {epoch}: validation loss is {val_loss}: training diverged; {self.diverged_advice}",
         )
 
+    @property
+    def wants_gradients(self) -> bool:
+        """False once the dead-gradient warning was given (it is said once: spare the probe)."""
+        return DEAD_GRADIENTS not in self.warned
+
     def gradients(self, step: int, model: torch.nn.Module) -> HealthEvent | None:
         """Check the gradients the last backward left in `model` (call after the step, before
         the next zero_grad; one host sync). Pass the unwrapped model for plain layer names."""
-        if DEAD_GRADIENTS in self.warned:  # said once: spare the sync
+        if not self.wants_gradients:
             return None
-        dead = _dead_layers(model)
-        if not dead:
+        names, zero = gradient_probe(model)
+        return self.dead_layers(step, [n for n, z in zip(names, zero.tolist()) if z])
+
+    def dead_layers(self, step: int, dead: list[str]) -> HealthEvent | None:
+        """The layers whose weight gradients were found all zero at `step` (gradient_probe)."""
+        if not dead or not self.wants_gradients:
             return None
         return self._emit(
             DEAD_GRADIENTS,

@@ -45,6 +45,8 @@ def candidates(batch: int) -> dict[str, list[str]]:
         "caffe init": ["--init", "caffe"],
         "caffe init, lr x batch/128": ["--init", "caffe", "--lr", scaled],
         "caffe init, lr x sqrt(batch/128)": ["--init", "caffe", "--lr", root],
+        # the folder recipe as it is now: the line above, and the plateau rule waits 300 steps
+        "folder recipe (default)": ["--recipe", "folder"],
     }
 
 
@@ -120,6 +122,7 @@ def main_(argv: list[str]) -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--train-per-class", type=int, default=32)
     p.add_argument("--only", nargs="+", help="run only these candidates (names as printed)")
+    p.add_argument("--seed", type=int, default=0, help="the runs' --seed")
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--replot", nargs="+", metavar="JSON", help="only draw --plot from these --json files")
@@ -143,7 +146,7 @@ def main_(argv: list[str]) -> None:
             if args.only and name not in args.only:
                 continue
             started = time.perf_counter()
-            losses = run(folder, batch, args.epochs, options)
+            losses = run(folder, batch, args.epochs, [*options, "--seed", str(args.seed)])
             means = epoch_means(losses, steps)
             results[f"{name} @ {batch}"] = {
                 "candidate": name,

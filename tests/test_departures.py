@@ -40,7 +40,13 @@ def test_the_paper_recipe_has_no_departures():
 
 
 def test_the_known_departures_are_found():
-    assert {k for k, _, _ in differences("folder")} == {"model.init", "lr_batch", "train.amp"}
+    assert {k for k, _, _ in differences("folder")} == {
+        "model.init",
+        "lr_batch",
+        "train.amp",
+        "train.plateau_min_steps",
+    }
+    assert {k for k, _, _ in differences("finetune")} >= {"train.batch_size", "train.schedule", "train.epochs"}
     fashion = {k: (p, v) for k, p, v in differences("fashion-mnist")}
     assert fashion["model.init"] == ("paper", "kaiming") and fashion["train.lr"] == (0.01, 0.06)
     assert fashion["data.std"] == ((1.0,), (90.02,))

@@ -106,3 +106,35 @@ def test_plateau_drops_apply_the_papers_momentum_rule_and_finish():
     s.start_epoch()
     s.end_epoch(0.5)
     assert s.finished and math.isclose(s.lr, 1e-4)
+
+
+def test_the_plateau_rule_waits_its_minimum_steps_at_each_lr():
+    """--plateau-min-steps: epochs are not judged before that many steps at the current lr
+    (a tiny folder's 6-step epochs were cut at steps 36 and 54, before its loss left chance);
+    after a drop the count starts again; 0 is §5's rule, which judges every epoch."""
+    s = _schedule(schedule="plateau", plateau_patience=0, plateau_min_steps=25, lr=0.01)
+    drops = []
+    for _ in range(8):  # 10 steps an epoch, the error never improves
+        s.start_epoch()
+        _run_steps(s, STEPS_PER_EPOCH)
+        drops.append(s.end_epoch(0.5) is not None)
+    # judged from epoch 3 (30 steps): it sets the best; epoch 4 drops; at the new lr judged
+    # from epoch 7, which drops again (the best error is kept across a drop, as in §5's rule)
+    assert drops == [False, False, False, True, False, False, True, False]
+    assert s.lr == pytest.approx(1e-4)
+    state = s.state_dict()
+    assert state["steps_at_lr"] == 10
+    again = _schedule(schedule="plateau", plateau_patience=0, plateau_min_steps=25, lr=0.01)
+    again.resume(state, s.cfg, lambda line: None)
+    assert again.steps_at_lr == 10
+    # a checkpoint from before the option: its lr counts as judged already
+    old = {k: v for k, v in state.items() if k != "steps_at_lr"}
+    again.resume(old, s.cfg, lambda line: None)
+    assert again.steps_at_lr == 25
+
+
+def test_the_folder_recipe_waits_and_the_paper_recipe_does_not():
+    from alexnet.recipes import resolve
+
+    assert resolve("/my/photos", {}, {}, {}).train.plateau_min_steps == 300
+    assert resolve("/my/photos", {}, {}, {}, recipe="paper").train.plateau_min_steps == 0

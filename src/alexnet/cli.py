@@ -155,13 +155,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     data = config_options(args, "data")
     data_name = data.pop("name", "fashion-mnist")
+    train_options = config_options(args, "train")
     try:
         cfg = resolve(
             data_name,
             config_options(args, "model"),
             {**data, **_read_pca(args.pca)},
-            config_options(args, "train"),
-            recipe=args.recipe,
+            train_options,
+            recipe=args.recipe or ("finetune" if train_options.get("init_from") else None),
         )
     except ValueError as e:
         raise _config_error(e) from e
@@ -322,6 +323,18 @@ def cmd_filters(args: argparse.Namespace) -> None:
     _print_json_or(args, r, f"{r['out']}: {sum(g['tiles'] for g in r['grids'])} conv1 kernels ({grids}), {_size(r)}")
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from .features import extract
+
+    r = extract(
+        args.checkpoint, args.data, args.layer, args.out, args.split, args.batch_size, args.workers, args.device
+    )
+    skipped = f"; skipped {len(r['unreadable'])} unreadable: " + "; ".join(r["unreadable"]) if r["unreadable"] else ""
+    _print_json_or(
+        args, r, f"alexnet: {r['layer']} of {r['images']:,} images ({r['dim']:,} values each) -> {r['out']}{skipped}"
+    )
+
+
 def cmd_neighbors(args: argparse.Namespace) -> None:
     from .figures import neighbors_command
 
@@ -377,7 +390,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=list(RECIPES),
         help="paper: the 2012 recipe to the letter; folder (default for image folders): "
         "paper with Caffe's init and lr x sqrt(batch/128); fashion-mnist (default for "
-        "fashion-mnist): the 5-minute recipe; README lists every departure",
+        "fashion-mnist): the 5-minute recipe; finetune (default with --init-from): a short "
+        "run at a low lr from a trained network; README lists every departure",
     )
     defaults = recipe_defaults()
     add_config_options(p.add_argument_group("model"), "model", defaults)
@@ -534,6 +548,22 @@ def _add_studies(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="PNG", help="default: neighbors.png beside the checkpoint")
     p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
     p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser(
+        "features",
+        help="a layer's activations for every image of a folder, to a safetensors file",
+        formatter_class=_Help,
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="an image folder: DATA/<class>/* or DATA/train/<class>/* (see --split)")
+    p.add_argument("--layer", default="fc7", help="conv1..conv5, fc6, fc7 or fc8 (the logits)")
+    p.add_argument("--out", default="features.safetensors", help="tensors features (N x D) and labels (N)")
+    p.add_argument("--split", default="train", help="for DATA/<split>/<class>/*")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: one per core, less one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("plot", help="loss, accuracy and learning-rate curves of a run")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with metrics.csv")

@@ -26,6 +26,7 @@ DROPOUT_PLACEMENTS = ("output", "input")
 SCHEDULES = ("plateau", "step", "onecycle")
 MOMENTUM_RULES = ("paper", "pytorch")
 
+FREEZE = ("none", "features", "fc6", "fc7")  # --freeze: up to which layer the weights stay (train.py)
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # "auto" is decided at the start of a run (plan.py)
 LRN_KERNELS = ("auto", "fused", "torch")  # lrn.select_kernel: the LRN on the CPU
 
@@ -245,6 +246,12 @@ class TrainConfig(_Dictable):
     plateau_threshold: float = option(
         0.002, "an improvement is a fall of the top-1 error by this much (--schedule plateau; ours)", group=OPTIMISATION
     )
+    plateau_min_steps: int = option(
+        0,
+        "optimiser steps at each learning rate before the plateau rule may drop it (--schedule plateau; "
+        "0: §5's rule, which judges every epoch; ours)",
+        group=OPTIMISATION,
+    )
     lr_drops: int = option(3, "§5 'reduced three times prior to termination' (--schedule plateau)", group=OPTIMISATION)
     step_epochs: int = option(30, "epochs between / 10 drops (--schedule step)", group=OPTIMISATION)
     momentum_rule: str = option(
@@ -299,9 +306,24 @@ class TrainConfig(_Dictable):
         metavar="N",
         group=RUN,
     )
+    init_from: str | None = option(
+        None,
+        "fine-tune: start from this checkpoint's weights (ours, or alexnet import-torchvision's) and its "
+        "preprocessing; the last layer is new where the data's classes differ",
+        metavar="CKPT",
+        group=RUN,
+    )
+    freeze: str = option(
+        "none",
+        "with --init-from: layers that keep the checkpoint's weights: features (every convolution: "
+        "train the classifier only), fc6 (and fc6), fc7 (all but the last layer)",
+        choices=FREEZE,
+        group=RUN,
+    )
     resume: str | None = option(
         None,
-        "continue from this checkpoint (no value: OUT/last.pt)",
+        "continue from this checkpoint; no value or auto: from OUT/last.pt if it exists, else start "
+        "anew (one command for a job's first start and its restarts)",
         metavar="CKPT",
         nargs="?",
         const="auto",
@@ -331,8 +353,11 @@ class TrainConfig(_Dictable):
                 (self.val_every >= 0, "val_every", "must be at least 0"),
                 (self.step_epochs >= 1, "step_epochs", "must be at least 1"),
                 (self.lr_drops >= 0, "lr_drops", "must be at least 0"),
+                (self.plateau_min_steps >= 0, "plateau_min_steps", "must be at least 0"),
                 (self.log_every >= 1, "log_every", "must be at least 1"),
                 (self.flat_steps >= 1, "flat_steps", "must be at least 1"),
+                (self.freeze in FREEZE, "freeze", f"must be one of {FREEZE}"),
+                (self.freeze == "none" or self.init_from is not None, "freeze", "needs --init-from CKPT"),
             ],
         )
 

@@ -57,7 +57,8 @@ EXPLODING = "exploding"
 NOT_LEARNING = "not_learning"
 DEAD_GRADIENTS = "dead_gradients"
 NON_FINITE_VAL = "non_finite_val"
-KINDS = (NON_FINITE, EXPLODING, NOT_LEARNING, DEAD_GRADIENTS, NON_FINITE_VAL)
+VAL_AT_CHANCE = "val_at_chance"
+KINDS = (NON_FINITE, EXPLODING, NOT_LEARNING, DEAD_GRADIENTS, NON_FINITE_VAL, VAL_AT_CHANCE)
 
 FLAT_STEPS = 300  # measured: see the module docstring
 FLAT_MARGIN = 0.1  # nats below ln C; measured: see the module docstring
@@ -72,6 +73,8 @@ LOW_PRECISION_ADVICE = {
     "bf16": "; low precision (bf16) may be the cause: try --amp off (fp32)",
     "fp16": "; low precision (fp16) may be the cause: try --amp bf16 or --amp off (fp32)",
 }
+END_ADVICE = "try more --epochs, another --lr, --init caffe or a warm-up (--warmup-epochs)"
+VAL_ADVICE = "more images per class, or fine-tuning a trained network (--init-from)"
 STUCK_ADVICE = (
     "try another --lr, --init caffe or a warm-up (--warmup-epochs); "
     "with the paper's init (--init paper) the loss may still leave this plateau later"
@@ -210,6 +213,38 @@ class HealthMonitor:
     def wants_gradients(self) -> bool:
         """False once the dead-gradient warning was given (it is said once: spare the probe)."""
         return DEAD_GRADIENTS not in self.warned
+
+    def epoch(self, mean_loss: float) -> None:
+        """The mean training loss of a whole epoch: it too counts as having left chance (a
+        run of a few steps an epoch may never fill a window)."""
+        self.learned = self.learned or (math.isfinite(mean_loss) and mean_loss < self.chance_loss - self.flat_margin)
+
+    def final(self, step: int, val_top1: float | None) -> HealthEvent | None:
+        """The verdict at the end of a run (at global `step`): a warning, so that the run
+        does not end "done", when its training loss never left chance (the window check
+        never fired: a short run ends before flat_steps), or when its validation top-1 is
+        no better than a guess."""
+        if self.num_classes < 2:
+            return None
+        chance = 1 / self.num_classes
+        if not self.learned:
+            return self._emit(
+                NOT_LEARNING,
+                step,
+                False,
+                f"step {step}: the run ended with its training loss never below ln "
+                f"{self.num_classes} - {self.flat_margin:g} = {self.chance_loss - self.flat_margin:.4f} "
+                f"(chance is {self.chance_loss:.4f}): the network did not learn; {END_ADVICE}",
+            )
+        if val_top1 is not None and val_top1 <= chance + 1e-9:
+            return self._emit(
+                VAL_AT_CHANCE,
+                step,
+                False,
+                f"step {step}: validation top-1 {val_top1:.4f} is no better than a guess (1/{self.num_classes}): "
+                f"the network fits its training images but not the classes; {VAL_ADVICE}",
+            )
+        return None
 
     def gradients(self, step: int, model: torch.nn.Module) -> HealthEvent | None:
         """Check the gradients the last backward left in `model` (call after the step, before

@@ -91,7 +91,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     # 12 against 83 ms a step for the paper model's 61 M parameters on a 2-core CPU.
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     return torch.optim.SGD(
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],  # not the layers --freeze keeps
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
@@ -110,8 +110,9 @@ def paper_momentum_at_drop(optimizer: torch.optim.SGD, old_lr: float, new_lr: fl
 class Schedule:
     """The learning rate of a run, step by step and epoch by epoch.
 
-    after_step() after every optimiser step (step, onecycle); end_epoch(error) after every
-    epoch (plateau steps with the validation error; a drop applies the momentum rule);
+    after_step() after every optimiser step (step, onecycle; plateau counts them);
+    end_epoch(error) after every epoch (plateau steps with the validation error once the lr
+    has had cfg.plateau_min_steps steps; a drop applies the momentum rule);
     `finished` once a plateau run has dropped `lr_drops` times and stalled again (§5).
     """
 
@@ -120,12 +121,17 @@ class Schedule:
         self.scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
         self.per_step = cfg.schedule != "plateau"
         self._epoch_lr = self.lr
+        # plateau: optimiser steps since the lr last changed. The plateau rule judges no
+        # epoch until cfg.plateau_min_steps of them (a folder of two dozen photos has 6
+        # steps an epoch: its lr was cut at steps 36 and 54, before the loss left chance)
+        self.steps_at_lr = 0
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def after_step(self) -> None:
+        self.steps_at_lr += 1
         if self.per_step:
             self.scheduler.step()
 
@@ -136,11 +142,12 @@ class Schedule:
 
     def end_epoch(self, val_error: float | None) -> str | None:
         """The per-epoch decision; returns a line for the log when the lr dropped."""
-        if not self.per_step:
+        if not self.per_step and self.steps_at_lr >= self.cfg.plateau_min_steps:
             self.scheduler.step(val_error)
         old, new = self._epoch_lr, self.lr
         if new >= old or self.cfg.schedule == "onecycle":
             return None
+        self.steps_at_lr = 0
         if self.cfg.momentum_rule == "paper":
             paper_momentum_at_drop(self.optimizer, old, new)
         return f"learning rate {old:.3g} -> {new:.3g} (drop {lr_drops(self.optimizer, self.cfg)})"
@@ -159,7 +166,7 @@ class Schedule:
             fn.epochs, fn.total_steps = cfg.epochs, cfg.steps
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
+        return {**self.scheduler.state_dict(), "steps_at_lr": self.steps_at_lr}
 
     def resume(self, state: dict, before: TrainConfig, log: Callable[[str], None]) -> None:
         """Continue from a checkpoint's schedule; a new --lr scales it, and a new length
@@ -169,6 +176,9 @@ class Schedule:
                 f"--schedule {self.cfg.schedule}: the checkpoint's run used "
                 f"{before.schedule}; a run keeps its schedule (start a new run instead)"
             )
+        state = dict(state)
+        # a checkpoint from before plateau_min_steps: its lr has been judged already
+        self.steps_at_lr = state.pop("steps_at_lr", self.cfg.plateau_min_steps)
         self.scheduler.load_state_dict(state)
         if self.per_step:  # LambdaLR restores its function's fields from the checkpoint: ours win
             fn = self.scheduler.lr_lambdas[0]

@@ -215,27 +215,36 @@ def _archives(src: Path) -> Sources:
 # ----------------------------------------------------------------------------- a folder
 
 
-def _folder(src: Path, val_labels_file: str | None, synsets_file: str | None) -> Sources:
-    train_dir, val_dir = src / "train", src / "val"
+def class_folder(folder: Path, base: Path, classes: list[str] | None = None) -> tuple[list[str], SourceSplit]:
+    """FOLDER/<class>/* (ImageFolder's classes and order), with names relative to `base`;
+    `classes`: the classes it must have (a validation folder's must be training's)."""
     try:
-        classes, index = datasets.folder.find_classes(str(train_dir))
-        samples = {"train": datasets.folder.make_dataset(str(train_dir), index, datasets.folder.IMG_EXTENSIONS)}
-        if not val_dir.is_dir():
-            raise UserError(f"{val_dir}: no such directory")
-        if any(e.is_dir() for e in val_dir.iterdir()):
-            if datasets.folder.find_classes(str(val_dir))[0] != classes:
-                raise UserError(f"{src}: the training and validation classes differ")
-            samples["val"] = datasets.folder.make_dataset(str(val_dir), index, datasets.folder.IMG_EXTENSIONS)
-        else:  # ILSVRC's flat val/ with its ground truth (imagenet.val_labels)
-            labels = val_labels(src, val_labels_file, synsets_file)
-            samples["val"] = FlatFolder(val_dir, labels, classes, loader=lambda p: p).samples
+        found, index = datasets.folder.find_classes(str(folder))
+        if classes is not None and found != classes:
+            raise UserError(f"{folder}: its classes differ from the training classes")
+        pairs = datasets.folder.make_dataset(str(folder), index, datasets.folder.IMG_EXTENSIONS)
     except (FileNotFoundError, OSError) as e:
-        raise UserError(f"{src}: {e}") from e
-    splits = {}
-    for split, pairs in samples.items():
+        raise UserError(f"{folder}: {e}") from e
+    names = np.array([str(Path(p).relative_to(base)).encode() for p, _ in pairs], dtype=bytes)
+    return found, SourceSplit(base, names, np.array([y for _, y in pairs], dtype=np.int64))
+
+
+def _folder(src: Path, val_labels_file: str | None, synsets_file: str | None) -> Sources:
+    classes, train = class_folder(src / "train", src)
+    val_dir = src / "val"
+    if not val_dir.is_dir():
+        raise UserError(f"{val_dir}: no such directory")
+    if any(e.is_dir() for e in val_dir.iterdir()):
+        val = class_folder(val_dir, src, classes)[1]
+    else:  # ILSVRC's flat val/ with its ground truth (imagenet.val_labels)
+        labels = val_labels(src, val_labels_file, synsets_file)
+        try:
+            pairs = FlatFolder(val_dir, labels, classes, loader=lambda p: p).samples
+        except OSError as e:
+            raise UserError(f"{val_dir}: {e}") from e
         names = np.array([str(Path(p).relative_to(src)).encode() for p, _ in pairs], dtype=bytes)
-        splits[split] = SourceSplit(src, names, np.array([y for _, y in pairs], dtype=np.int64))
-    return Sources("folder", src, classes, None, splits)
+        val = SourceSplit(src, names, np.array([y for _, y in pairs], dtype=np.int64))
+    return Sources("folder", src, classes, None, {"train": train, "val": val})
 
 
 def limited(split: SourceSplit, limit: int | None) -> SourceSplit:

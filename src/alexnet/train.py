@@ -160,13 +160,21 @@ def train(cfg: RunConfig) -> dict:
 def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     started = time.perf_counter()
     log = print if d.main else (lambda *a, **k: None)
-    resume = find_resume(cfg.train.resume, Path(cfg.train.out))
+    resume = find_resume(cfg.train.resume, Path(cfg.train.out), log)
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None and "optimizer" not in ckpt:
         raise UserError(f"{resume}: weights only; resuming needs a training checkpoint (last.pt)")
     cfg = _model_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume)), ckpt)
-    data = _load_data(cfg, ckpt, d, log, device)
+    source = None
+    if ckpt is None and cfg.train.init_from:  # fine-tuning (a resumed fine-tune has its own weights)
+        source = load_checkpoint(cfg.train.init_from)
+        cfg = _source_config(cfg, source)
+    data = _load_data(cfg, ckpt, d, log, device, source)
     model, cfg = _build_model(cfg, ckpt, data, device)
+    if source is not None:
+        log(_init_from(model, source, cfg.train, data.classes))
+    if cfg.train.freeze != "none":
+        _freeze(model, cfg.train.freeze)
     preprocess = Preprocess(cfg.data, cfg.model.input_size, device, cfg.train.channels_last, data.mean_image)
     cfg = _decide(cfg, model, ckpt, data, preprocess, device, d, started, log)
     t = cfg.train
@@ -202,12 +210,16 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     return run
 
 
-def find_resume(resume: str | None, out: Path) -> str | None:
-    """--resume with no value ("auto") means the run directory's last.pt."""
+def find_resume(resume: str | None, out: Path, log: Callable[..., None] = print) -> str | None:
+    """--resume with no value, or "auto": the run directory's last.pt if there is one, else a
+    new run; one command line serves a job's first start and its restarts (a requeued
+    SLURM job, torchrun --max-restarts). It says which."""
     if resume != "auto":
         return resume
     if not (out / "last.pt").is_file():
-        raise UserError(f"{out}: no last.pt to resume from")
+        log(f"alexnet: --resume auto: no {out / 'last.pt'} yet, starting a new run")
+        return None
+    log(f"alexnet: --resume auto: continuing from {out / 'last.pt'}")
     return str(out / "last.pt")
 
 
@@ -225,8 +237,60 @@ def _model_config(cfg: RunConfig, ckpt: dict | None) -> RunConfig:
     return cfg
 
 
-def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None], device: torch.device) -> RunData:
-    """The data stage: both splits (this process's share), their classes, and the mean image."""
+def _source_config(cfg: RunConfig, source: dict) -> RunConfig:
+    """Fine-tuning: the network and the preprocessing of --init-from's checkpoint (its input
+    size, mean image or mean, std and stored size), the data and training of this run."""
+    src, path = RunConfig.from_dict(source["config"]), cfg.train.init_from
+    if src.model.in_channels != cfg.data.channels:
+        raise UserError(
+            f"{path}: a network for {src.model.in_channels}-channel images cannot fine-tune on "
+            f"{cfg.data.channels}-channel data {cfg.data.name}"
+        )
+    mean_image = src.data.mean_image and source.get("mean_image") is not None
+    data = dataclasses.replace(
+        cfg.data, resize=src.data.resize, mean=src.data.mean, std=src.data.std, mean_image=mean_image
+    )
+    return dataclasses.replace(cfg, model=src.model, data=data)
+
+
+def _init_from(model: AlexNet, source: dict, t: TrainConfig, classes: list[str]) -> str:
+    """Load --init-from's weights: all of them onto the same classes, all but the last
+    layer (which keeps its fresh init) onto others. Returns the line that says which."""
+    last = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    same = list(source["classes"]) == classes
+    weights = {k: v for k, v in source["model"].items() if same or not k.startswith(last + ".")}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"{t.init_from}: weights do not fit the network it describes ({e})") from e
+    if unexpected or any(not k.startswith(last + ".") for k in missing):
+        raise UserError(f"{t.init_from}: weights do not fit the network it describes ({(unexpected or missing)[0]})")
+    if same:
+        return f"alexnet: fine-tuning every layer of {t.init_from} (the same {len(classes)} classes)"
+    return (
+        f"alexnet: fine-tuning {t.init_from}: its layers but the last, which is new for "
+        f"{len(classes)} classes (it had {len(source['classes'])})"
+    )
+
+
+def _freeze(model: AlexNet, upto: str) -> None:
+    """--freeze: the weights up to `upto` (features, fc6 or fc7) take no gradient."""
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    frozen = [model.features] + linears[: {"features": 0, "fc6": 1, "fc7": 2}[upto]]
+    for module in frozen:
+        module.requires_grad_(False)
+
+
+def _load_data(
+    cfg: RunConfig,
+    ckpt: dict | None,
+    d: Dist,
+    log: Callable[..., None],
+    device: torch.device,
+    source: dict | None = None,
+) -> RunData:
+    """The data stage: both splits (this process's share), their classes, and the mean image
+    (a fine-tune's comes from its checkpoint, `source`)."""
     t, data = cfg.train, cfg.data
     train_split = load_split(True, data, t.batch_size, t.seed, data.limit_train, d=d, strict=data.strict)
     val_split = load_split(False, data, t.batch_size, t.seed, data.limit_val, d=d)
@@ -236,7 +300,7 @@ def _load_data(cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., No
     if ckpt is not None and list(ckpt["classes"]) != classes:
         raise UserError(f"{t.resume}: trained on other classes than {data.name}")
     names = None if is_fashion_mnist(data) else human_names(classes, Path(data.name), data.synsets)
-    mean_image, unreadable = _mean_image(cfg, ckpt, d, log, device)
+    mean_image, unreadable = _mean_image(cfg, ckpt or source, d, log, device)
     return RunData(train_split, val_split, classes, names, mean_image, unreadable)
 
 
@@ -496,6 +560,7 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     lr_used = run.schedule.start_epoch()
     events_before = len(run.health.events)
     tr = _train_epoch(run, signals)
+    run.health.epoch(tr["loss"])
     if tr["stopped"]:  # mid-epoch: save where we are, resume continues with the next batch
         _stop(run, signals, {"epoch": epoch, "step_in_epoch": tr["steps"]})
     if run.cfg.plan.get("budget"):
@@ -709,6 +774,9 @@ def _finish(run: Run) -> dict:
         )
     if run.d.main:
         save_weights(run.dir.weights, run.model, run.cfg, run.data.classes, run.data.mean_image, run.data.class_names)
+    verdict = run.health.final(run.epoch * run.steps_per_epoch, run.val.get("top1"))
+    if verdict is not None:
+        run.log(f"alexnet: warning: {verdict.message}")
     warnings = [e for e in run.health.events if not e.fatal]
     t = run.cfg.train
     summary = _summary(

@@ -249,7 +249,7 @@ def test_train_help_shows_each_recipes_default_and_never_none():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = sub.choices["train"].format_help()
     assert "default: None" not in text and "(default: none)" not in text
-    assert "paper: 0.01; folder: 0.01 x sqrt(batch / 128); fashion-mnist: 0.06" in " ".join(text.split())
+    assert "paper, finetune: 0.01; folder: 0.01 x sqrt(batch / 128); fashion-mnist: 0.06" in " ".join(text.split())
     for flag in ("--lr", "--weight-decay", "--init", "--mean-image", "--budget", "--resume", "--limit-train"):
         assert flag in text
 

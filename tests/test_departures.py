@@ -44,6 +44,7 @@ def test_the_known_departures_are_found():
         "model.init",
         "lr_batch",
         "train.amp",
+        "train.tf32",
         "train.plateau_min_steps",
     }
     assert {k for k, _, _ in differences("finetune")} >= {"train.batch_size", "train.schedule", "train.epochs"}

@@ -6,7 +6,9 @@ the arithmetic are checked exactly, and a budgeted run is checked to be the run 
 """
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -322,3 +324,70 @@ def test_an_fp16_resume_of_a_bf16_run_starts_a_fresh_scale():
     fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
     restore_scaler(scaler, fp16.state_dict())
     assert scaler.get_scale() == 1024.0  # an fp16 run's own state is continued
+
+
+def test_cuda_math_settings_and_the_paper_recipes_true_fp32(monkeypatch):
+    from alexnet.runtime import configure_cuda
+
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        line = configure_cuda(tf32=False, deterministic=True)
+        assert line == "CUDA: TF32 off, cudnn.benchmark off, deterministic on"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"]
+        assert configure_cuda(tf32=True, deterministic=False) == "CUDA: TF32 on, cudnn.benchmark on, deterministic off"
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:4]
+        torch.use_deterministic_algorithms(saved[4])
+    assert resolve("/my/photos", {}, {}, {}, recipe="paper").train.tf32 is False  # §5's fp32 is fp32
+    assert resolve("/my/photos", {}, {}, {}).train.tf32 is True
+
+
+def test_a_fixed_gpu_under_torchrun_is_refused(monkeypatch):
+    from alexnet import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="--device cuda:1: under torchrun each process takes"):
+        distributed.init("cuda:1")
+
+
+class _SlowLoader:
+    """A loader whose worker processes deliver a batch every `seconds` once started, after
+    a fast prefetched start (what a DataLoader's first batches look like)."""
+
+    unreadable: list = []
+
+    def __init__(self, workers: int, seconds: float, batches: int = 20):
+        self.workers, self.seconds, self.batches = workers, seconds, batches
+
+    def set_epoch(self, epoch, start=0):
+        pass
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        for i in range(self.batches):
+            if i > 2 * self.workers:
+                time.sleep(self.seconds)
+            yield torch.zeros(1), torch.zeros(1)
+
+
+def test_the_plan_times_a_loader_that_works_in_processes():
+    from alexnet.train import _loader_seconds
+
+    assert _loader_seconds(_SlowLoader(workers=0, seconds=0.05)) is None  # in memory: part of the step
+    s = _loader_seconds(_SlowLoader(workers=2, seconds=0.05))
+    assert 0.05 <= s < 0.5  # its steady state, not its prefetched start
+    assert _loader_seconds(_SlowLoader(workers=2, seconds=0.05, batches=5)) is None  # too short to tell

@@ -296,6 +296,18 @@ class TrainConfig(_Dictable):
         "torch.compile the model (for GPUs: on a CPU it trained slower than eager, docs/BENCHMARKS.md)",
         group=RUN,
     )
+    tf32: bool = option(
+        False,
+        "CUDA (Ampere and later): TF32 tensor cores for the matmuls and convolutions that run in fp32; "
+        "--no-tf32: true fp32, as §5 (the paper recipe's)",
+        group=RUN,
+    )
+    deterministic: bool = option(
+        False,
+        "CUDA: deterministic algorithms and no cuDNN autotuning (slower), for a resume that repeats "
+        "the run bit for bit on the same GPU; CPU runs are deterministic already",
+        group=RUN,
+    )
     device: str = option("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps", group=RUN)
     seed: int = option(0, "initial weights, data order and every step's random draws", group=RUN)
     out: str = option("runs/alexnet", "run directory: config.json, metrics.csv, checkpoints", group=RUN)

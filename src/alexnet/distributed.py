@@ -45,6 +45,11 @@ def init(device_name: str) -> tuple[Dist, str]:
     if world <= 1:
         return Dist(), device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name.startswith("cuda:"):  # every process would use that one GPU, over gloo
+        raise UserError(
+            f"--device {device_name}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+            "pass --device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -70,7 +70,7 @@ RECIPES = {
     # any batch size (docs/FIDELITY.md, "The image-folder default").
     "folder": Recipe(
         {"name": "paper", "init": "caffe"},
-        TrainConfig(out="runs/alexnet", plateau_min_steps=PLATEAU_MIN_STEPS),
+        TrainConfig(out="runs/alexnet", plateau_min_steps=PLATEAU_MIN_STEPS, tf32=True),
         {"mean_image": True, "lighting": 0.1, "translate": 0},
         pixel_scale=True,
         lr_batch=128,
@@ -83,6 +83,8 @@ RECIPES = {
             "--lr wins",
             "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
             "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+            "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
+            "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
             "train.plateau_min_steps": "a folder of 24 photos has 6 steps an epoch: §5's rule cut its lr at "
             "steps 36 and 54, before its loss left chance, and it never learned; the "
             "rule now waits 300 steps at each lr (the health check's own horizon), which "
@@ -101,6 +103,7 @@ RECIPES = {
             warmup_epochs=1.0,
             batch_size=16,
             val_every=1,
+            tf32=True,
         ),
         {"mean_image": True, "lighting": 0.1, "translate": 0},
         pixel_scale=True,
@@ -115,6 +118,8 @@ RECIPES = {
             "scratch 37.4%; docs/FIDELITY.md)",
             "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
             "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+            "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
+            "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
         },
     ),
     "fashion-mnist": Recipe(
@@ -130,6 +135,7 @@ RECIPES = {
             warmup_epochs=0.5,
             label_smoothing=0.1,
             amp="auto",
+            tf32=True,
             out="runs/fashion-mnist",
         ),
         # mirrors without random shifts (translate 0, as in the paper recipe): in runs this
@@ -165,6 +171,8 @@ RECIPES = {
             "were measured together)",
             "train.amp": "speed: on a CPU the faster of fp32 and bf16, timed at the start; bf16 on a "
             "CUDA card that has it (plan.py)",
+            "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
+            "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
             "train.budget": "five minutes of training on whatever machine runs it (plan.py)",
             "train.val_every": "validate once, at the end: the budget goes to training (about ten "
             "validations of 3 s saved in a 10-epoch budget, docs/BENCHMARKS.md)",

@@ -99,3 +99,22 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
     load_state_dict would raise."""
     if state:
         scaler.load_state_dict(state)
+
+
+def configure_cuda(tf32: bool, deterministic: bool) -> str:
+    """The process-wide CUDA math settings of a run; returns the run header's line.
+
+    cuDNN autotuning (cudnn.benchmark) picks the fastest convolution algorithms for the
+    run's fixed shapes, unless determinism is asked. TF32 is on unless --no-tf32: torch's
+    own default leaves cuDNN's convolutions in TF32 even in "fp32", which the paper recipe
+    must not be. Deterministic: cuDNN's deterministic algorithms, torch's deterministic
+    mode (warning where an operation has none) and cuBLAS's fixed workspace."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    on = lambda flag: "on" if flag else "off"  # noqa: E731
+    return f"CUDA: TF32 {on(tf32)}, cudnn.benchmark {on(not deterministic)}, deterministic {on(deterministic)}"

@@ -36,7 +36,7 @@ from .engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch, trai
 from .errors import Stopped, Unhealthy, UserError
 from .health import HealthMonitor
 from .imagenet import human_names
-from .loaders import Split
+from .loaders import Loader, Split
 from .lrn import select_kernel
 from .model import AlexNet, count_parameters
 from .optim import Schedule, make_optimizer
@@ -56,6 +56,7 @@ from .runtime import (
     AMP_DTYPES,
     autocast,
     check_precision,
+    configure_cuda,
     grad_scaler,
     resolve_device,
     restore_scaler,
@@ -144,6 +145,10 @@ def train(cfg: RunConfig) -> dict:
     try:
         device = resolve_device(device_name)
         check_precision(cfg.train.amp, device)  # before anything is written
+        if device.type == "cuda":
+            line = configure_cuda(cfg.train.tf32, cfg.train.deterministic)
+            if d.main:
+                print(f"alexnet: {line}")
         run = _prepare(cfg, d, device)
         with _StopSignals() as signals:
             while run.epoch < run.cfg.train.epochs:  # re-read: a budget's plan may be revised
@@ -339,7 +344,14 @@ def _wrap(model: AlexNet, t: TrainConfig, d: Dist, device: torch.device) -> torc
     """What trains: the model, or its DDP wrapper; compiled if asked."""
     net = model
     if d.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # the LRN's band buffers are constants: nothing to broadcast each step; gradients
+        # written straight into the all-reduce buckets save a copy of every gradient
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            gradient_as_bucket_view=True,
+        )
         if t.ddp_bf16:  # halves the all-reduce volume (docs/SCALING.md)
             net.register_comm_hook(None, default_hooks.bf16_compress_hook)
     return torch.compile(net) if t.compile else net
@@ -488,6 +500,10 @@ def _measure_plan(
         if precision.ms_per_step
         else measure([precision.amp])[precision.amp]
     )
+    loader_s = _loader_seconds(data.train.loader)
+    if loader_s is not None:  # the loader, not the step, may bound an epoch (a folder on a GPU)
+        plan["loader_ms_per_batch"] = round(loader_s * 1000, 2)
+        step_s = max(step_s, loader_s)
     budget: BudgetPlan = plan_budget(
         t.budget,
         time.perf_counter() - started,
@@ -501,6 +517,31 @@ def _measure_plan(
     plan["epochs"] = budget.epochs
     plan["steps"] = budget.steps if budget.steps != budget.epochs * budget.steps_per_epoch else None
     return plan
+
+
+LOADER_BATCHES = 6  # batches timed after the workers' first (and their prefetched ones)
+
+
+def _loader_seconds(loader: Loader) -> float | None:
+    """Seconds a batch of a loader that works per batch in worker processes (decoding
+    files or a JPEG store) delivers, in steady state; None for in-memory data, whose gather
+    is part of the step. The workers' first batches (start-up, and what they prefetch while
+    it lasts) are not counted."""
+    if loader.workers == 0:
+        return None
+    loader.set_epoch(0)
+    it = iter(loader)
+    warm = 2 * loader.workers + 1  # DataLoader's default prefetch: 2 batches a worker
+    if len(loader) <= warm + 1:
+        return None
+    for _ in range(warm):
+        next(it)
+    n = min(LOADER_BATCHES, len(loader) - warm)
+    started = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    del it
+    return (time.perf_counter() - started) / n
 
 
 def _validation_seconds(
@@ -517,8 +558,9 @@ def _validation_seconds(
             for view in preprocess.views(images, mirror):
                 model(view)
 
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     try:
-        per_batch = time_steps({"eval": forward})["eval"]
+        per_batch = time_steps({"eval": forward}, sync=sync)["eval"]  # on CUDA: the kernels, not their launch
     finally:
         model.train(was_training)
     return per_batch * len(val_split.loader)
@@ -540,6 +582,12 @@ def _plan_lines(cfg: RunConfig) -> list[str]:
             + (f"--steps {t.steps} " if t.steps else "")
             + f"--amp {t.amp}"
             + (f" --lrn-kernel {t.lrn_kernel}" if cfg.model.lrn else "")
+            + ("; torch.compile's first-step compilation is not in the plan" if t.compile else "")
+            + (
+                f"; the loader delivers a batch in {plan['loader_ms_per_batch']:.0f} ms"
+                if "loader_ms_per_batch" in plan
+                else ""
+            )
         )
     if t.val_every != 1:
         lines.append(

@@ -25,7 +25,7 @@ def test_a_folder_defaults_to_the_folder_recipe_and_the_paper_is_one_flag_away()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch, epochs, folder", [(4, 12, "photo_folder"), (32, 12, "photo_folder_96")])
+@pytest.mark.parametrize("batch, epochs, folder", [(4, 10, "photo_folder"), (32, 10, "photo_folder_96")])
 def test_the_folder_default_learns_real_photos(batch, epochs, folder, request, tmp_path):
     # memorising a few dozen photos is learning: the training loss falls well below ln 3
     data, out = request.getfixturevalue(folder), tmp_path / "run"

@@ -132,7 +132,7 @@ def _commands_with_json() -> set[str]:
     return {name for name, p in sub.choices.items() if "--json" in p._option_string_actions}
 
 
-CHECKPOINT_COMMANDS = ("evaluate", "predict", "filters", "neighbors")
+CHECKPOINT_COMMANDS = ("evaluate", "predict", "filters", "neighbors", "features")
 
 
 def test_every_json_command_is_covered():
@@ -181,8 +181,27 @@ def image(tmp_path_factory) -> Path:
     return path
 
 
+def _folder(image: Path, tmp_path: Path) -> Path:
+    """A one-class image folder holding `image`."""
+    folder = tmp_path / "folder"
+    (folder / "noise").mkdir(parents=True, exist_ok=True)
+    (folder / "noise" / image.name).write_bytes(image.read_bytes())
+    return folder
+
+
 def _argv(command: str, ckpt: Path, fashion_dir: str, image: Path, tmp_path: Path) -> list:
     small = ["--device", "cpu", "--batch-size", 64]
+    if command == "features":
+        return [
+            "features",
+            ckpt,
+            _folder(image, tmp_path),
+            "--out",
+            tmp_path / "f.safetensors",
+            "--workers",
+            0,
+            "--json",
+        ]
     return {
         "evaluate": ["evaluate", ckpt, "--data-dir", fashion_dir, "--limit", 64, *small],
         "predict": ["predict", ckpt, image, "--device", "cpu"],

@@ -125,3 +125,43 @@ def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     assert default_workers() == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert default_workers() == 1
+
+
+def test_batches_made_ahead_arrive_in_order_and_errors_reach_the_consumer():
+    from alexnet.loaders import ahead
+
+    assert list(ahead(iter(range(10)), 2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("unreadable")
+
+    it = ahead(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="unreadable"):
+        next(it)
+    made = []
+
+    def counted():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    first = ahead(counted(), 2)
+    assert next(first) == 0
+    first.close()  # a consumer that stops early stops the thread: it makes at most a few more
+    import time
+
+    time.sleep(0.3)
+    assert len(made) < 10
+
+
+def test_loaders_pin_only_when_asked(fashion_dir):
+    """Pinning opens a CUDA context: a CPU run never pins (pin() is for CUDA runs)."""
+    from alexnet.config import DataConfig
+    from alexnet.data import load_split
+
+    split = load_split(True, DataConfig(data_dir=fashion_dir), 32, limit=64)
+    assert not split.loader.pinned
+    x, _ = next(iter(split.loader))
+    assert not x.is_pinned()

@@ -88,3 +88,15 @@ def test_serve_predicts_on_cuda(cli, fashion_dir, tmp_path, photos):
     for ten_crop in (False, True):
         r = predict(loaded, image, topk=3, ten_crop=ten_crop)
         assert len(r["predictions"]) == 3
+
+
+def test_in_memory_batches_are_pinned_and_made_ahead(fashion_dir):
+    from alexnet.config import DataConfig
+    from alexnet.data import load_split
+
+    split = load_split(True, DataConfig(data_dir=fashion_dir), 64, limit=512)
+    split.loader.pin()
+    plain = load_split(True, DataConfig(data_dir=fashion_dir), 64, limit=512)
+    for (x, y), (a, b) in zip(split.loader, plain.loader, strict=True):
+        assert x.is_pinned() and y.is_pinned() and torch.equal(x, a) and torch.equal(y, b)
+        x.to("cuda", non_blocking=True)

@@ -180,3 +180,23 @@ def test_fused_kernel_takes_fp32_in_any_layout_and_bf16_in_channels_last(lrn_ker
             layer(torch.randn(2, 6, 3, 3, dtype=dtype).contiguous(memory_format=layout))
     layer(torch.randn(2, 6, 3, 3, dtype=torch.float64))  # float64 (the tests' reference): torch operations
     assert calls == [(torch.float32, (2, 6, 3, 3))] * 2 + [(torch.bfloat16, (2, 6, 3, 3))]
+
+
+def test_no_grad_keeps_nothing_for_a_backward(monkeypatch):
+    """Under no_grad (evaluation, serve) the Function saves no tensors and computes no
+    backward terms; with grad it does, and its gradient is unchanged."""
+    layer = LocalResponseNorm(8)
+    x = torch.randn(2, 8, 5, 5)
+    layer(x)  # the first call may choose the kernel (lrn.select_kernel), which times a backward
+    saved = []
+    original = torch.autograd.function.FunctionCtx.save_for_backward
+    monkeypatch.setattr(
+        torch.autograd.function.FunctionCtx, "save_for_backward", lambda ctx, *t: (saved.append(t), original(ctx, *t))
+    )
+    with torch.no_grad():
+        y0 = layer(x)
+    assert saved == []
+    y1 = layer(x.requires_grad_())
+    assert saved and torch.equal(y0, y1.detach())
+    y1.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -61,6 +61,8 @@ def _evaluate(
     # --batch-size is the global batch, as in train, rounded down to split evenly over the
     # processes (evaluation's numbers do not depend on the batch)
     split = load_split(False, data_cfg, max(d.world, batch_size - batch_size % d.world), limit=limit, d=d)
+    if dev.type == "cuda":
+        split.loader.pin()
     names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name), data_cfg.synsets)
     if loaded.classes not in (split.classes, names):  # imported weights know names, not wnids
         raise UserError(f"{data_cfg.name}: its classes are not the {len(loaded.classes)} classes {path} was trained on")

@@ -15,6 +15,8 @@ mirrors and lighting happen on the device (augment.py). Three loaders implement 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +46,10 @@ class Loader(Protocol):
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         """The uint8 images and labels at these positions of the split (file order)."""
+
+    def pin(self) -> None:
+        """Hand out batches in pinned (page-locked) memory, made ahead of the step, so that
+        a copy to a CUDA device with non_blocking=True overlaps the GPU's work."""
 
 
 @dataclass
@@ -94,6 +100,43 @@ class ShardedBatches:
                 yield list(mine[i * b : (i + 1) * b])
 
 
+PREFETCH = 2  # batches made ahead of the step by a pinned in-memory loader
+
+
+def ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """`items` in order, made up to `depth` ahead by a thread; an exception in it is raised
+    here, and a consumer that stops early stops the thread."""
+    q: queue.Queue = queue.Queue(depth)
+    stop, end = threading.Event(), object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(e)
+
+    threading.Thread(target=fill, daemon=True).start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 class InMemoryLoader:
     """Batches of an in-memory uint8 tensor (Fashion-MNIST, 47 MB) or of a packed store's
     memory-mapped images (anything with take(indices) -> uint8 tensor), where a
@@ -104,6 +147,10 @@ class InMemoryLoader:
     def __init__(self, images: torch.Tensor | PackedImages, labels: torch.Tensor, batches: ShardedBatches) -> None:
         self.images, self.labels, self.batches = images, labels, batches
         self.unreadable: list[str] = []
+        self.pinned = False
+
+    def pin(self) -> None:
+        self.pinned = True
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.batches.set_epoch(epoch, start)
@@ -117,8 +164,13 @@ class InMemoryLoader:
         return self.images.take(idx)  # a packed store's memory-mapped shards
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self.batches:
-            yield self._take(idx), self.labels[idx]
+        batches = ((self._take(idx), self.labels[idx]) for idx in self.batches)
+        if not self.pinned:
+            yield from batches
+            return
+        # a thread gathers and pins the next batches while the step runs (the gather and
+        # torch's pinning release the GIL)
+        yield from ahead(((x.pin_memory(), y.pin_memory()) for x, y in batches), PREFETCH)
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         return self._take(list(indices)), self.labels[list(indices)].tolist()
@@ -152,7 +204,7 @@ class DecodingLoader:
             sampler=batches,
             batch_size=None,  # the sampler hands out whole batches of indices
             num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=False,  # pin(): only for a CUDA run (pinning opens a CUDA context)
             persistent_workers=self.workers > 0,
         )
 
@@ -164,6 +216,9 @@ class DecodingLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self._loader)
+
+    def pin(self) -> None:
+        self._loader.pin_memory = True  # read when the (persistent) workers' iterator is made
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         return self.images.take(list(indices)), self.labels[list(indices)].tolist()
@@ -228,7 +283,7 @@ class FolderLoader:
             batch_sampler=batches,
             num_workers=self.workers,
             collate_fn=_collate_readable,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=False,  # pin(): only for a CUDA run (pinning opens a CUDA context)
             persistent_workers=self.workers > 0,
         )
 
@@ -247,6 +302,9 @@ class FolderLoader:
             if images is None:
                 raise UserError(f"no readable image in a whole batch, e.g. {bad[0]}")
             yield images, labels
+
+    def pin(self) -> None:
+        self._loader.pin_memory = True  # read when the (persistent) workers' iterator is made
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
         pairs = [self.dataset[i] for i in indices]  # an unreadable file: its UserError

@@ -274,14 +274,17 @@ class _LRNFunction(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float
     ) -> torch.Tensor:
         ctx.constants, ctx.fused = (size, k, alpha, beta), _fused(x)
+        backward = ctx.needs_input_grad[0]  # False under no_grad (evaluation, serve): keep nothing
         if ctx.fused:  # one pass in C; the backward recomputes d from x
-            ctx.save_for_backward(x)
+            if backward:
+                ctx.save_for_backward(x)
             return native.lrn_forward(x, size // 2, k, alpha, beta)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf, denom = _denominator(x, band, size, k, alpha)
             scale = _power(denom, beta)  # d^-beta
             out = xf * scale
-            ctx.save_for_backward(xf, scale, scale / denom, band)
+            if backward:
+                ctx.save_for_backward(xf, scale, scale / denom, band)
         return out.to(x.dtype)
 
     @staticmethod

@@ -175,6 +175,9 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
         source = load_checkpoint(cfg.train.init_from)
         cfg = _source_config(cfg, source)
     data = _load_data(cfg, ckpt, d, log, device, source)
+    if device.type == "cuda":  # pinned batches, made ahead: the copies overlap the GPU's work
+        data.train.loader.pin()
+        data.val.loader.pin()
     model, cfg = _build_model(cfg, ckpt, data, device)
     if source is not None:
         log(_init_from(model, source, cfg.train, data.classes))

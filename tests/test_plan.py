@@ -78,6 +78,18 @@ def test_cuda_capability_decides(monkeypatch):
     assert p.amp == "fp16" and "Tesla V100" in p.reason and measure.asked == []
 
 
+def test_a_card_with_native_bf16_still_times_it(monkeypatch):
+    """On an H100 the small model's step may be bound by kernel launches: bf16 is taken
+    only where it times faster, as on a CPU."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100")
+    cuda = torch.device("cuda")
+    launch_bound = fixed({"off": 0.0030, "bf16": 0.0031})
+    p = choose_precision("auto", cuda, launch_bound)
+    assert p.amp == "off" and "NVIDIA H100" in p.reason and launch_bound.asked == [["off", "bf16"]]
+    assert choose_precision("auto", cuda, fixed({"off": 0.030, "bf16": 0.012})).amp == "bf16"
+
+
 def test_mps_stays_fp32():
     assert choose_precision("auto", torch.device("mps"), fixed({})).amp == "off"
 

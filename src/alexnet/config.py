@@ -276,9 +276,9 @@ class TrainConfig(_Dictable):
     )
     amp: str = option(
         "auto",
-        "autocast: off = fp32 (§5); auto = bf16 on CUDA cards that have it (else "
-        "fp16), on a CPU the faster of fp32 and bf16, timed at the start and recorded in "
-        "config.json",
+        "autocast: off = fp32 (§5); auto = the faster of fp32 and bf16, timed at the start where "
+        "bf16 is native (CPU, CUDA 8.0+), else fp16 with a loss scaler on older CUDA cards; "
+        "recorded in config.json",
         choices=AMP_MODES,
         group=RUN,
     )

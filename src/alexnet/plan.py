@@ -7,8 +7,9 @@ an AMD EPYC with AVX512-BF16, 0.8x on a Xeon with AVX512-BF16 but no AMX, and 0.
 Xeon without native bf16, where oneDNN emulates it (docs/BENCHMARKS.md). CPU flags do
 not settle it (the third machine has the flag and is still slower in bf16), so on the CPU
 `--amp auto` times a few real training steps of each precision on a copy of the model and
-takes the faster; on CUDA it takes bf16 where the card computes it natively (compute
-capability 8.0, Ampere, and later), else fp16 with a loss scaler. A time budget
+takes the faster; on CUDA the same where the card computes bf16 natively (compute
+capability 8.0, Ampere, and later: a small model's step may be bound by kernel launches,
+where bf16 gains nothing), else fp16 with a loss scaler. A time budget
 (`--budget 5m`) is turned into a number of epochs from the same measurement, before the
 first real step, so the run is the one `--epochs N` gives.
 """
@@ -87,21 +88,28 @@ def choose_precision(
     step for each candidate ("off", "bf16"); it is called only when the choice needs it."""
     if requested != "auto":
         return Precision(requested, "as asked")
+    where = "this CPU"
     if device.type == "cuda":
-        return cuda_precision(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
-    if device.type != "cpu":  # Apple MPS: autocast there is not measured by this version
+        native = cuda_precision(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
+        if native.amp != "bf16":  # an older card: fp16 with a loss scaler, not timed
+            return native
+        where = torch.cuda.get_device_name(device)  # bf16 is native: still timed, it may not pay
+    elif device.type != "cpu":  # Apple MPS: autocast there is not measured by this version
         return Precision("off", f"fp32 on {device.type}: autocast is measured on CPUs and CUDA only")
-    seconds = measure(["off", "bf16"])
+    return _faster(measure(["off", "bf16"]), where)
+
+
+def _faster(seconds: dict[str, float], where: str) -> Precision:
+    """bf16 if it timed at least BF16_MIN_SPEEDUP faster than fp32 (on CUDA: TF32 unless
+    --no-tf32), else fp32."""
     ms = {k: round(v * 1000, 2) for k, v in seconds.items()}
     speedup = seconds["off"] / seconds["bf16"]
     pair = f"{ms['bf16']:.0f} against {ms['off']:.0f} ms a step"
     if speedup >= BF16_MIN_SPEEDUP:
-        return Precision("bf16", f"measured {speedup:.2f}x faster than fp32 on this CPU: {pair}", ms)
+        return Precision("bf16", f"measured {speedup:.2f}x faster than fp32 on {where}: {pair}", ms)
     if speedup < 1:
-        return Precision("off", f"bf16 measured {1 / speedup:.2f}x slower on this CPU: {pair}", ms)
-    return Precision(
-        "off", f"bf16 measured only {speedup:.2f}x faster on this CPU ({pair}): not worth its rounding", ms
-    )
+        return Precision("off", f"bf16 measured {1 / speedup:.2f}x slower on {where}: {pair}", ms)
+    return Precision("off", f"bf16 measured only {speedup:.2f}x faster on {where} ({pair}): not worth its rounding", ms)
 
 
 # bf16 tensor cores arrived with compute capability 8.0 (Ampere). torch.cuda.is_bf16_supported()

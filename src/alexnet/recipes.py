@@ -81,8 +81,9 @@ RECIPES = {
             "lr_batch": 'Krizhevsky 2014 ("One weird trick"): 0.01 at batch 128, 0.005 at 32, 0.0018 '
             "at 4; the linear rule made Caffe's init crawl at batch 4 (docs/FIDELITY.md); "
             "--lr wins",
-            "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
-            "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+            "train.amp": "speed: the faster of fp32 and bf16, timed at the start where bf16 is native (a "
+            "CPU that has it, a CUDA card of compute capability 8.0+), fp16 with a loss scaler on older "
+            "CUDA cards (plan.py); §5's fp32 is --amp off",
             "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
             "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
             "train.plateau_min_steps": "a folder of 24 photos has 6 steps an epoch: §5's rule cut its lr at "
@@ -116,8 +117,9 @@ RECIPES = {
             "the lr stays §5's 0.01 (measured on 5 new Fashion-MNIST classes, 20 images each: 0.01 and "
             "0.03 gave 83.3% top-1 after 15 epochs, 0.003 72.6%, 0.001 50.7%, 0.1 diverged; from "
             "scratch 37.4%; docs/FIDELITY.md)",
-            "train.amp": "speed: bf16 on a CUDA card that has it (else fp16), on a CPU the faster of "
-            "fp32 and bf16, timed at the start (plan.py); §5's fp32 is --amp off",
+            "train.amp": "speed: the faster of fp32 and bf16, timed at the start where bf16 is native (a "
+            "CPU that has it, a CUDA card of compute capability 8.0+), fp16 with a loss scaler on older "
+            "CUDA cards (plan.py); §5's fp32 is --amp off",
             "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
             "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
         },
@@ -169,8 +171,9 @@ RECIPES = {
             "train.label_smoothing": "not in the paper; with lr 0.04 it gave +0.2 points over lr 0.02 "
             "without it, in ten epochs (docs/BENCHMARKS.md; the two changes "
             "were measured together)",
-            "train.amp": "speed: on a CPU the faster of fp32 and bf16, timed at the start; bf16 on a "
-            "CUDA card that has it (plan.py)",
+            "train.amp": "speed: the faster of fp32 and bf16, timed at the start where bf16 is native (a "
+            "CPU that has it, a CUDA card of compute capability 8.0+), fp16 with a loss scaler on older "
+            "CUDA cards (plan.py); §5's fp32 is --amp off",
             "train.tf32": "speed: on CUDA's tensor cores (Ampere and later), what runs in fp32 runs in "
             "TF32 (a 10-bit mantissa); §5's fp32 is --no-tf32; no effect on CPUs",
             "train.budget": "five minutes of training on whatever machine runs it (plan.py)",

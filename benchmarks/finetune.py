@@ -27,22 +27,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from alexnet.config import DataConfig  # noqa: E402
-from alexnet.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist  # noqa: E402
+from alexnet.data import fashion_mnist  # noqa: E402
 from alexnet.recipes import resolve  # noqa: E402
 from alexnet.train import train as run  # noqa: E402
 from pipeline import cpu_model  # noqa: E402
+from store_training import DATA as STORE_DATA  # noqa: E402
+from store_training import MODEL  # noqa: E402
+from store_training import TRAIN as STORE_TRAIN  # noqa: E402
 
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
-# the Fashion-MNIST recipe's model, optimiser and input scaling, on 28x28 crops of 32x32 images
-MODEL = {"name": "small", "init": "kaiming", "width": 0.75, "dropout": 0.25, "input_size": 28}
-DATA = {
-    "resize": 32, "mean": (FASHION_MNIST_MEAN[0],) * 3, "std": (FASHION_MNIST_STD[0],) * 3, "mean_image": False,
-    "lighting": 0.0, "translate": 0, "workers": 0,
-}  # fmt: skip
-TRAIN = {
-    "batch_size": 96, "lr": 0.06, "schedule": "onecycle", "warmup_epochs": 0.5, "label_smoothing": 0.1,
-    "amp": "off", "budget": None, "eval_mirror": True, "val_every": 1,
-}  # fmt: skip
+# the Fashion-MNIST recipe's model, optimiser and input scaling on 28x28 crops of 32x32
+# images, as benchmarks/store_training.py trains; here every epoch is validated
+DATA = {**STORE_DATA, "workers": 0}
+TRAIN = {**STORE_TRAIN, "val_every": 1}
 
 
 def write_folder(root: Path, classes: tuple[int, ...], per_class: int, val_per_class: int, data_dir: str | None):

@@ -192,10 +192,8 @@ def _complete(out_dir: Path, tmp: Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def _start(out_dir: Path, tmp: Path, params: dict, log: Callable[[str], None]) -> dict[str, _SplitState]:
+def _start(tmp: Path, params: dict, log: Callable[[str], None]) -> dict[str, _SplitState]:
     """The state of OUT.partial: continued if it was left by the same command, else new."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: exists and is not empty")
     progress = tmp / PROGRESS
     if progress.is_file():
         try:
@@ -247,8 +245,10 @@ def pack(
         if all(manifest.get(k) == params[k] for k in ("source", "resize")):
             _complete(out_dir, tmp)
             return manifest
-    states = _start(out_dir, tmp, params, log)
-    sources = find_sources(Path(src), val_labels, synsets)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):  # before indexing the tars
+        raise UserError(f"{out_dir}: exists and is not empty")
+    sources = find_sources(Path(src), val_labels, synsets)  # a bad SRC: refused before OUT.partial exists
+    states = _start(tmp, params, log)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = cores if workers < 0 else workers  # the main process only appends bytes
     for name in SPLITS:

@@ -20,11 +20,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .checkpoint import Inference, load_inference
-from .data import open_image, stored_transform
 from .errors import UserError
 from .inspection import precision, preprocess_for, stages
 from .jsonio import atomic_write
 from .loaders import default_workers
+from .pack import stored_image
 from .runtime import autocast, resolve_device
 from .sources import SourceSplit, class_folder
 
@@ -33,21 +33,16 @@ class _Images(torch.utils.data.Dataset):
     """(uint8 image, index, None), or (None, index, reason) for a file that cannot be read."""
 
     def __init__(self, split: SourceSplit, channels: int, resize: int) -> None:
-        self.split, self.channels, self.transform = split, channels, stored_transform(resize)
+        self.split, self.channels, self.resize = split, channels, resize
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
-        import io
-
         try:
-            data = self.split.read(i)
-            return self.transform(open_image(io.BytesIO(data), self.split.where(i), self.channels)), i, None
+            return stored_image(self.split, i, self.channels, self.resize), i, None
         except UserError as e:
             return None, i, str(e)
-        except OSError as e:
-            return None, i, f"{self.split.where(i)}: cannot read ({e})"
 
 
 def _readable(items: list) -> tuple[torch.Tensor | None, list[int], list[str]]:

@@ -72,6 +72,18 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+def stored_image(split: SourceSplit, i: int, channels: int, resize: int, draft: int | None = None) -> torch.Tensor:
+    """Image i of a source split as the loaders hand it to the device: decoded, the §2
+    central resize x resize patch, uint8 (C, S, S). A UserError names the image when its
+    bytes cannot be read or decoded."""
+    where = split.where(i)
+    try:
+        data = split.read(i)
+    except OSError as e:
+        raise UserError(f"{where}: cannot read ({e})") from e
+    return stored_transform(resize)(open_image(io.BytesIO(data), where, channels, draft))
+
+
 class _Encode(torch.utils.data.Dataset):
     """Image i of a source split as the store keeps it: (bytes, None), or (None, reason)
     for a file that cannot be read (in a DataLoader worker process)."""
@@ -81,20 +93,15 @@ class _Encode(torch.utils.data.Dataset):
         # as data.folder_split: training images are only ever seen at `resize`, so libjpeg
         # may decode them at a reduced size; validation decodes every pixel
         self.draft = resize if train else None
-        self.transform = stored_transform(resize)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[bytes | None, str | None]:
-        where = self.split.where(i)
         try:
-            data = self.split.read(i)
-            x = self.transform(open_image(io.BytesIO(data), where, CHANNELS, self.draft))
+            x = stored_image(self.split, i, CHANNELS, self.resize, self.draft)
         except UserError as e:
             return None, str(e)
-        except OSError as e:
-            return None, f"{where}: cannot read ({e})"
         if self.encoding == "raw":
             return x.contiguous().numpy().tobytes(), None
         buf = io.BytesIO()

@@ -49,8 +49,8 @@ run: setup data
 
 # ruff's lint and format checks (pyproject.toml), then every test
 lint: setup-test
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 
 test: setup-test data lint
 	FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(VENV)/bin/python -m pytest

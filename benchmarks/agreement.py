@@ -13,10 +13,10 @@ import argparse
 
 import torch
 
-from alexnet.augment import Preprocess
-from alexnet.checkpoint import load_inference
-from alexnet.data import load_split
-from alexnet.runtime import autocast
+from alexnet.core.augment import Preprocess
+from alexnet.core.checkpoint import load_inference
+from alexnet.data.datasets import load_split
+from alexnet.run.runtime import autocast
 
 
 @torch.no_grad()

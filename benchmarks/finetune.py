@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from alexnet.config import DataConfig  # noqa: E402
-from alexnet.data import fashion_mnist  # noqa: E402
-from alexnet.recipes import resolve  # noqa: E402
-from alexnet.train import train as run  # noqa: E402
+from alexnet.core.recipes import resolve  # noqa: E402
+from alexnet.core.train import train as run  # noqa: E402
+from alexnet.data.datasets import fashion_mnist  # noqa: E402
 from pipeline import cpu_model  # noqa: E402
 from store_training import DATA as STORE_DATA  # noqa: E402
 from store_training import MODEL  # noqa: E402

@@ -27,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from alexnet.cli import main  # noqa: E402
-from alexnet.jsonio import write_json  # noqa: E402
+from alexnet.apps.cli import main  # noqa: E402
+from alexnet.run.jsonio import write_json  # noqa: E402
 from health import _Enough, record  # noqa: E402  (benchmarks/health.py)
 from photo_data import make_photo_folder  # noqa: E402  (tests/photo_data.py)
 

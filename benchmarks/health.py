@@ -28,9 +28,9 @@ import time
 
 import torch
 
-import alexnet.engine as engine
-from alexnet.cli import main
-from alexnet.jsonio import write_json
+import alexnet.core.engine as engine
+from alexnet.apps.cli import main
+from alexnet.run.jsonio import write_json
 
 MARGINS = (0.02, 0.05, 0.1, 0.2, 0.3)
 

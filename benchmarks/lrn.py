@@ -1,6 +1,6 @@
 """LRN forward+backward on the shapes AlexNet feeds it: torch.nn.LocalResponseNorm (with
 alpha * n, since torch averages), alexnet's layer as torch operations, and alexnet's
-fused C kernel (src/alexnet/lrn.c, native.py).
+fused C kernel (src/alexnet/run/lrn.c, native.py).
 
     python benchmarks/lrn.py [--batch 128] [--repeats 7] [--device cpu] [--dtype bf16]
 
@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from alexnet import native
-from alexnet.lrn import LocalResponseNorm, using_kernel
-from alexnet.runtime import tune_allocator
+from alexnet.core.lrn import LocalResponseNorm, using_kernel
+from alexnet.run import native
+from alexnet.run.runtime import tune_allocator
 
 SHAPES = {  # (C, H, W) of the LRN inputs
     "paper conv1": (96, 55, 55),

@@ -42,8 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from alexnet.config import DataConfig  # noqa: E402
-from alexnet.data import load_split  # noqa: E402
-from alexnet.pack import pack  # noqa: E402
+from alexnet.data.datasets import load_split  # noqa: E402
+from alexnet.data.pack import pack  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 QUIET = {"log": lambda *a: None}
@@ -108,7 +108,7 @@ def make_photos(root: Path, count: int, classes: int = 4, seed: int = 0) -> Path
 
 
 def make_downloads(folder: Path, out: Path) -> Path:
-    """The folder as ImageNet's three downloads (see alexnet/sources.py)."""
+    """The folder as ImageNet's three downloads (see alexnet/data/sources.py)."""
     import scipy.io
 
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def measure_readers(folder: Path, raw: Path, jpeg: Path, repeats: int) -> dict[s
     from torchvision import datasets, transforms
     from torchvision.io import decode_jpeg
 
-    from alexnet import store
+    from alexnet.data import store
 
     rates = {}
 
@@ -245,7 +245,7 @@ def synthetic_store(root: Path, count: int) -> Path:
     """A JPEG store of `count` entries, all the same 16x16 JPEG: only the index is large."""
     from PIL import Image
 
-    from alexnet.jsonio import write_json
+    from alexnet.run.jsonio import write_json
 
     buf = io.BytesIO()
     Image.fromarray(np.full((SYNTHETIC_SIZE, SYNTHETIC_SIZE, 3), 128, np.uint8)).save(buf, format="JPEG", quality=90)

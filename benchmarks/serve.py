@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
-from alexnet.checkpoint import save_checkpoint
-from alexnet.cli import main as alexnet
+from alexnet.apps.cli import main as alexnet
+from alexnet.apps.serve import find_checkpoint, make_server
 from alexnet.config import DataConfig, RunConfig
-from alexnet.model import build_model
-from alexnet.runtime import tune_allocator
-from alexnet.serve import find_checkpoint, make_server
+from alexnet.core.checkpoint import save_checkpoint
+from alexnet.core.model import build_model
+from alexnet.run.runtime import tune_allocator
 
 REQUESTS = [  # (label, method, path, with the upload)
     ("health (no model)", "GET", "/api/health", False),

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from alexnet.config import IMAGENET_STD  # noqa: E402
-from alexnet.errors import UserError  # noqa: E402
-from alexnet.recipes import resolve  # noqa: E402
-from alexnet.train import train as run  # noqa: E402
+from alexnet.core.recipes import resolve  # noqa: E402
+from alexnet.core.train import train as run  # noqa: E402
+from alexnet.run.errors import UserError  # noqa: E402
 from finetune import write_folder  # noqa: E402  (benchmarks/finetune.py)
 from photo_data import make_photo_folder  # noqa: E402  (tests/photo_data.py)
 from pipeline import cpu_model  # noqa: E402

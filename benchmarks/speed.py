@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.config import TrainConfig
-from alexnet.lrn import select_kernel, using_kernel
-from alexnet.model import build_model
-from alexnet.optim import make_optimizer
-from alexnet.plan import PRECISION_NAMES
-from alexnet.runtime import autocast, tune_allocator
+from alexnet.core.lrn import select_kernel, using_kernel
+from alexnet.core.model import build_model
+from alexnet.core.optim import make_optimizer
+from alexnet.run.plan import PRECISION_NAMES
+from alexnet.run.runtime import autocast, tune_allocator
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict:
@@ -68,8 +68,8 @@ def table(title: str, rows: list[tuple[str, float, float]], unit: str) -> None:
 
 
 def plain_port(model):
-    """Ours with torch.nn.LocalResponseNorm in place of alexnet.lrn (same constants)."""
-    from alexnet.lrn import LocalResponseNorm
+    """Ours with torch.nn.LocalResponseNorm in place of alexnet.core.lrn (same constants)."""
+    from alexnet.core.lrn import LocalResponseNorm
 
     for i, m in enumerate(model.features):
         if isinstance(m, LocalResponseNorm):
@@ -129,8 +129,8 @@ def bench_train(args, device, sync) -> None:
 
 def auto_precision(model, channels: int, size: int, batch: int, device):
     """What `alexnet train --amp auto` chooses for this model and batch on this machine."""
-    from alexnet.engine import train_step
-    from alexnet.plan import choose_precision, training_step_timer
+    from alexnet.core.engine import train_step
+    from alexnet.run.plan import choose_precision, training_step_timer
 
     model = model.to(device, memory_format=torch.channels_last)
     x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -156,9 +156,9 @@ def bench_small(args, device, sync) -> None:
     """The Fashion-MNIST recipe's training step (model `small`, batch 128, label smoothing,
     fused SGD): fp32, bf16 and what --amp auto picks; model GFLOP/s (3x the forward's
     multiply-adds, 2 FLOPs each) and their fraction of the fp32 matmul peak."""
-    from alexnet.engine import train_step
-    from alexnet.model import summarize
-    from alexnet.recipes import resolve
+    from alexnet.core.engine import train_step
+    from alexnet.core.model import summarize
+    from alexnet.core.recipes import resolve
 
     cfg = resolve("fashion-mnist", {}, {}, {})
     m, b = cfg.model, cfg.train.batch_size
@@ -293,10 +293,10 @@ def _jpegs(folder: Path, count: int, sides: tuple[int, int] = (350, 500)) -> Pat
 def bench_pipeline(args, device, sync) -> None:
     from torchvision import datasets, transforms
 
-    from alexnet.augment import Preprocess
     from alexnet.config import DataConfig
-    from alexnet.data import load_split
-    from alexnet.pack import pack
+    from alexnet.core.augment import Preprocess
+    from alexnet.data.datasets import load_split
+    from alexnet.data.pack import pack
 
     root = Path(tempfile.mkdtemp())
     data = _jpegs(root / "jpegs", args.images, args.sides)
@@ -352,10 +352,10 @@ def bench_pipeline(args, device, sync) -> None:
 def bench_packed(args, device, sync) -> None:
     """Training end to end from a packed store: read, copy to the device, crop/mirror/light
     there, bf16 step of the `paper` model."""
-    from alexnet.augment import Preprocess
     from alexnet.config import DataConfig
-    from alexnet.data import load_split
-    from alexnet.pack import pack
+    from alexnet.core.augment import Preprocess
+    from alexnet.data.datasets import load_split
+    from alexnet.data.pack import pack
 
     root = Path(tempfile.mkdtemp())
     pack(str(_jpegs(root / "jpegs", args.images)), str(root / "packed"), workers=0, log=lambda *a: None)

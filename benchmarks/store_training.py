@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from alexnet.config import DataConfig  # noqa: E402
-from alexnet.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist  # noqa: E402
-from alexnet.pack import pack  # noqa: E402
-from alexnet.recipes import resolve  # noqa: E402
-from alexnet.train import train as run  # noqa: E402
+from alexnet.core.recipes import resolve  # noqa: E402
+from alexnet.core.train import train as run  # noqa: E402
+from alexnet.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist  # noqa: E402
+from alexnet.data.pack import pack  # noqa: E402
 from pipeline import cpu_model  # noqa: E402
 
 # the Fashion-MNIST recipe's model, optimiser and input scaling (recipes.py: "fashion-mnist"),

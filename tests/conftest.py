@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from alexnet.cli import main
+from alexnet.apps.cli import main
 
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -188,7 +188,8 @@ def lrn_kernel():
     """lrn_kernel("fused" | "torch" | "auto"): this test's LRN kernel, restored afterwards.
     "fused" needs a C compiler: without one the test skips, unless ALEXNET_NATIVE_TESTS=required
     (CI, which installs gcc), where it fails."""
-    from alexnet import lrn, native
+    from alexnet.core import lrn
+    from alexnet.run import native
 
     before = dict(lrn._kernel)
 

@@ -10,7 +10,7 @@ itself says when it is there, and waits:
     proc.send_signal(...)        # or proc.kill()
     release(proc)                # the run goes on (not needed after a kill)
 
-The child is `python tests/gates.py GATE ARGV...`: alexnet.cli.main(ARGV) in that process,
+The child is `python tests/gates.py GATE ARGV...`: alexnet.apps.cli.main(ARGV) in that process,
 with hooks that only watch (the same code runs on the same data and writes the same bytes).
 GATE is a comma-separated sequence of events `kind[:n]` (n defaults to 1), passed in order:
 each counts from the moment the one before it was passed, and when the last one has
@@ -153,6 +153,6 @@ def _install(gate: _Gate) -> None:
 
 if __name__ == "__main__":
     _install(_Gate(sys.argv[1]))
-    from alexnet.cli import main
+    from alexnet.apps.cli import main
 
     sys.exit(main(sys.argv[2:]))

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from alexnet.augment import (
+from alexnet.config import DataConfig
+from alexnet.core.augment import (
     Preprocess,
     _cut_by_gather,
     _cut_by_slices,
@@ -10,7 +11,6 @@ from alexnet.augment import (
     random_crop_flip,
     random_crops,
 )
-from alexnet.config import DataConfig
 
 
 def _matches(out, src, size):

@@ -205,7 +205,7 @@ def test_tensorboard_gets_scalars_and_filters(fashion_run):
 def test_tensorboard_is_optional(monkeypatch, tmp_path):
     import builtins
 
-    from alexnet.tblog import TensorBoard
+    from alexnet.run.tblog import TensorBoard
 
     real_import = builtins.__import__
 
@@ -244,7 +244,7 @@ def test_a_bad_option_value_is_one_line_naming_the_option(cli, one_line_error, t
 def test_train_help_shows_each_recipes_default_and_never_none():
     """Options come from the config fields: the help says each recipe's default, and never
     argparse's "(default: None)"."""
-    from alexnet.cli import build_parser
+    from alexnet.apps.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = sub.choices["train"].format_help()

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data import fashion_mnist, load_image, write_samples
-from alexnet.distributed import Dist
-from alexnet.errors import UserError
-from alexnet.loaders import InMemoryLoader, ShardedBatches
+from alexnet.data.datasets import fashion_mnist, load_image, write_samples
+from alexnet.data.loaders import InMemoryLoader, ShardedBatches
+from alexnet.run.distributed import Dist
+from alexnet.run.errors import UserError
 
 
 def test_fashion_mnist_from_the_debian_files(fashion_dir):
@@ -96,7 +96,7 @@ def test_draft_decodes_large_jpegs_at_reduced_size(tmp_path, size, scale):
     from PIL import Image
     from skimage import data as skdata
 
-    from alexnet.data import stored_transform
+    from alexnet.data.datasets import stored_transform
 
     path = tmp_path / "big.jpg"
     Image.fromarray(skdata.astronaut()).resize(size).save(path, quality=95)
@@ -114,7 +114,7 @@ def test_draft_decodes_large_jpegs_at_reduced_size(tmp_path, size, scale):
 def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     import os
 
-    from alexnet.loaders import default_workers
+    from alexnet.data.loaders import default_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -128,7 +128,7 @@ def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
 
 
 def test_batches_made_ahead_arrive_in_order_and_errors_reach_the_consumer():
-    from alexnet.loaders import ahead
+    from alexnet.data.loaders import ahead
 
     assert list(ahead(iter(range(10)), 2)) == list(range(10))
 
@@ -159,7 +159,7 @@ def test_batches_made_ahead_arrive_in_order_and_errors_reach_the_consumer():
 def test_loaders_pin_only_when_asked(fashion_dir):
     """Pinning opens a CUDA context: a CPU run never pins (pin() is for CUDA runs)."""
     from alexnet.config import DataConfig
-    from alexnet.data import load_split
+    from alexnet.data.datasets import load_split
 
     split = load_split(True, DataConfig(data_dir=fashion_dir), 32, limit=64)
     assert not split.loader.pinned

@@ -2,30 +2,27 @@
 (recipes.py), and every departure carries its reason."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
-from alexnet import recipes
 from alexnet.config import TrainConfig
-from alexnet.recipes import (
-    RECIPES,
-    Recipe,
-    departures,
-    departures_markdown,
-    differences,
-    readme_block,
-    reason_problems,
-    update_readme,
-)
+from alexnet.core import recipes
+from alexnet.core.recipes import RECIPES, Recipe, departures, differences, reason_problems
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import departures as tool  # noqa: E402  (tools/departures.py: the README generator)
+
+departures_markdown, readme_block, update_readme = tool.departures_markdown, tool.readme_block, tool.update_readme
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-REGENERATE = "python -m alexnet.recipes --readme README.md"
+REGENERATE = "python tools/departures.py --readme README.md"
 
 
 def test_readme_lists_the_departures_the_recipes_define():
     assert readme_block(README.read_text()) == departures_markdown(), (
-        f"README.md's departures are out of date with src/alexnet/recipes.py: run `{REGENERATE}`"
+        f"README.md's departures are out of date with src/alexnet/core/recipes.py: run `{REGENERATE}`"
     )
 
 
@@ -90,7 +87,7 @@ def test_a_new_recipe_is_compared_too(monkeypatch):
 def test_the_command_rewrites_only_the_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- departures:begin -->\nstale\n<!-- departures:end -->\nafter\n")
-    assert recipes.main(["--readme", str(readme)]) == 0
+    assert tool.main(["--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# title\n\nbefore\n<!-- departures:begin -->\n")
     assert text.endswith("<!-- departures:end -->\nafter\n") and "stale" not in text

@@ -5,11 +5,11 @@ import os
 import pytest
 from PIL import Image
 
-from alexnet import experiments
-from alexnet.cli import main
-from alexnet.experiments import EXPERIMENTS, crossing, run, run_key
-from alexnet.recipes import resolve
-from alexnet.rundir import METRIC_FIELDS
+from alexnet.apps import experiments
+from alexnet.apps.cli import main
+from alexnet.apps.experiments import EXPERIMENTS, crossing, run, run_key
+from alexnet.core.recipes import resolve
+from alexnet.core.rundir import METRIC_FIELDS
 
 
 def fake_train(curves):
@@ -113,10 +113,10 @@ def test_run_key_is_the_configuration_not_the_folder():
 
 
 def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, capsys):
-    import alexnet.train
+    import alexnet.core.train
 
     calls, plotted = [], {}
-    monkeypatch.setattr(alexnet.train, "train", _counting(CURVES, calls))
+    monkeypatch.setattr(alexnet.core.train, "train", _counting(CURVES, calls))
     # the plots are tested above; here what they are drawn from: every arm's seeds
     monkeypatch.setattr(experiments, "plot", lambda results, runs, path: plotted.update({results["experiment"]: runs}))
     assert main(["experiment", "all", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
@@ -159,7 +159,7 @@ def test_all_trains_each_distinct_configuration_once(tmp_path, monkeypatch, caps
     # the links `all` left, into relu-vs-tanh's runs)
     before = (tmp_path / "relu-vs-tanh" / "ReLU-seed0" / "metrics.csv").read_text()
     calls.clear()
-    monkeypatch.setattr(alexnet.train, "train", _counting({"a": CURVES["b"], "b": CURVES["a"]}, calls))
+    monkeypatch.setattr(alexnet.core.train, "train", _counting({"a": CURVES["b"], "b": CURVES["a"]}, calls))
     assert main(["experiment", "lrn", "--quick", "--out", str(tmp_path)]) == 0
     assert len(calls) == 2
     assert not (tmp_path / "lrn" / "LRN-seed0").is_symlink()

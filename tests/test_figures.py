@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import figures
-from alexnet.augment import Preprocess
-from alexnet.checkpoint import load_inference, save_checkpoint
+from alexnet.apps import figures
 from alexnet.config import DataConfig, RunConfig
-from alexnet.data import load_split
-from alexnet.model import build_model
+from alexnet.core.augment import Preprocess
+from alexnet.core.checkpoint import load_inference, save_checkpoint
+from alexnet.core.model import build_model
+from alexnet.data.datasets import load_split
 
 CPU = torch.device("cpu")
 

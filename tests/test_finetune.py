@@ -21,7 +21,7 @@ def _weights(path):
 @pytest.fixture(scope="module")
 def source(photo_folder, tmp_path_factory):
     """A small model trained one epoch on the 3-class photo folder."""
-    from alexnet.cli import main
+    from alexnet.apps.cli import main
 
     out = tmp_path_factory.mktemp("source")
     assert main(["train", "--data", str(photo_folder), *SMALL, "--epochs", "1", "--out", str(out)]) == 0
@@ -95,9 +95,9 @@ def test_features_of_a_folder(source, photo_folder, tmp_path, cli, one_line_erro
     assert classes == ["cat", "coffee", "rocket"] and len(paths) == 24
     assert all(f"/train/{classes[y]}/" in p for p, y in zip(paths, labels.tolist()))
     # the same numbers as the model's own penultimate layer on the evaluation path
-    from alexnet.checkpoint import load_inference
-    from alexnet.data import load_image, stored_transform
-    from alexnet.inspection import preprocess_for
+    from alexnet.apps.inspection import preprocess_for
+    from alexnet.core.checkpoint import load_inference
+    from alexnet.data.datasets import load_image, stored_transform
 
     loaded = load_inference(source, torch.device("cpu"))
     x = stored_transform(loaded.config.data.resize)(load_image(paths[5], 3))[None]

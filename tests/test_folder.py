@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alexnet.cli import main
+from alexnet.apps.cli import main
 
 pytestmark = pytest.mark.slow  # every test trains
 

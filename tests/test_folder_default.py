@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from alexnet.cli import main
-from alexnet.recipes import default_recipe, resolve
+from alexnet.apps.cli import main
+from alexnet.core.recipes import default_recipe, resolve
 
 
 def test_a_folder_defaults_to_the_folder_recipe_and_the_paper_is_one_flag_away():

@@ -52,8 +52,8 @@ def test_resume_on_cuda_continues_the_run(cli, fashion_dir, tmp_path):
 
 def test_the_jpeg_store_loader_pins_batches(imagenet_downloads, tmp_path):
     from alexnet.config import DataConfig
-    from alexnet.data import load_split
-    from alexnet.pack import pack
+    from alexnet.data.datasets import load_split
+    from alexnet.data.pack import pack
 
     pack(str(imagenet_downloads), str(tmp_path / "store"), workers=2, log=lambda *a: None)
     split = load_split(True, DataConfig(name=str(tmp_path / "store"), workers=2), 4)
@@ -78,8 +78,8 @@ def test_evaluate_ten_patches_and_predict_on_cuda(cli, fashion_dir, tmp_path, ph
 
 
 def test_serve_predicts_on_cuda(cli, fashion_dir, tmp_path, photos):
-    from alexnet.checkpoint import load_inference
-    from alexnet.inspection import decode_upload, predict
+    from alexnet.apps.inspection import decode_upload, predict
+    from alexnet.core.checkpoint import load_inference
 
     run = tmp_path / "run"
     assert cli(*tiny_train_argv(fashion_dir, 512, 256, "--device", "cuda", "--epochs", "1", "--out", run))[0] == 0
@@ -92,7 +92,7 @@ def test_serve_predicts_on_cuda(cli, fashion_dir, tmp_path, photos):
 
 def test_in_memory_batches_are_pinned_and_made_ahead(fashion_dir):
     from alexnet.config import DataConfig
-    from alexnet.data import load_split
+    from alexnet.data.datasets import load_split
 
     split = load_split(True, DataConfig(data_dir=fashion_dir), 64, limit=512)
     split.loader.pin()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from alexnet.health import (
+from alexnet.run.health import (
     DEAD_GRADIENTS,
     EXPLODING,
     FLAT_MARGIN,

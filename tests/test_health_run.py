@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alexnet.cli import main
+from alexnet.apps.cli import main
 
 pytestmark = pytest.mark.slow  # every test trains (or uses fashion_run, which does)
 

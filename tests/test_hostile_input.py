@@ -38,11 +38,11 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from alexnet.augment import Preprocess
-from alexnet.checkpoint import load_inference
-from alexnet.data import load_image, stored_transform
-from alexnet.errors import UserError
-from alexnet.predict import predict
+from alexnet.apps.predict import predict
+from alexnet.core.augment import Preprocess
+from alexnet.core.checkpoint import load_inference
+from alexnet.data.datasets import load_image, stored_transform
+from alexnet.run.errors import UserError
 
 DEADLINE = 300  # seconds: a subprocess that takes longer hangs (a safety net, not a measure)
 
@@ -467,9 +467,9 @@ def test_evaluate_folder_with_unreadable_images(tmp_path, files, photos, cli, on
     stops with one line naming one of them; never a traceback (also from loader workers)."""
     from skimage import data as skdata
 
-    from alexnet.checkpoint import save_checkpoint
     from alexnet.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from alexnet.model import AlexNet
+    from alexnet.core.checkpoint import save_checkpoint
+    from alexnet.core.model import AlexNet
 
     root = tmp_path / "folder"
     for split in ("train", "val"):

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet.cli import main
+from alexnet.apps.cli import main
 from alexnet.config import DataConfig, TrainConfig
-from alexnet.data import load_image, load_split, stored_transform
-from alexnet.optim import lr_drops, make_scheduler
-from alexnet.stats import mean_image, rgb_pca
+from alexnet.core.optim import lr_drops, make_scheduler
+from alexnet.data.datasets import load_image, load_split, stored_transform
+from alexnet.data.stats import mean_image, rgb_pca
 from conftest import WNIDS
 
 

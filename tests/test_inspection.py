@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import inspection
-from alexnet.checkpoint import Inference, save_checkpoint
+from alexnet.apps import inspection
 from alexnet.config import DataConfig, RunConfig
-from alexnet.distributed import Dist
-from alexnet.errors import UserError
-from alexnet.loaders import InMemoryLoader, ShardedBatches, Split
-from alexnet.model import build_model
+from alexnet.core.checkpoint import Inference, save_checkpoint
+from alexnet.core.model import build_model
+from alexnet.data.loaders import InMemoryLoader, ShardedBatches, Split
+from alexnet.run.distributed import Dist
+from alexnet.run.errors import UserError
 
 CPU = torch.device("cpu")
 

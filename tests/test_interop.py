@@ -10,10 +10,10 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-from alexnet.checkpoint import load_model, save_checkpoint
-from alexnet.cli import main
+from alexnet.apps.cli import main
 from alexnet.config import DataConfig, RunConfig
-from alexnet.model import build_model
+from alexnet.core.checkpoint import load_model, save_checkpoint
+from alexnet.core.model import build_model
 
 TORCHVISION_EVAL = T.Compose(
     [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
@@ -238,7 +238,7 @@ def test_onnx_metadata_carries_a_mean_image(tmp_path, cli):
 def test_lrn_export_path_is_the_same_function():
     """The plain expression used while exporting gives the torch-operations Function's numbers
     exactly (the fused C kernel's are compared with float64 in test_lrn.py)."""
-    from alexnet.lrn import LocalResponseNorm, lrn_expression, using_kernel
+    from alexnet.core.lrn import LocalResponseNorm, lrn_expression, using_kernel
 
     lrn = LocalResponseNorm(96)
     x = torch.randn(2, 96, 13, 13) * 30

@@ -14,15 +14,15 @@ from PIL import Image
 from safetensors import safe_open
 from torchvision.datasets import FashionMNIST
 
-from alexnet import jsonio
-from alexnet.checkpoint import save_checkpoint, save_weights
-from alexnet.cli import build_parser
+from alexnet.apps.cli import build_parser
+from alexnet.apps.experiments import run as run_experiment
 from alexnet.config import RunConfig
-from alexnet.experiments import run as run_experiment
-from alexnet.jsonio import NON_FINITE, sanitize, to_json, write_json
-from alexnet.model import AlexNet
-from alexnet.recipes import resolve
-from alexnet.rundir import METRIC_FIELDS, TEXT_FIELDS
+from alexnet.core.checkpoint import save_checkpoint, save_weights
+from alexnet.core.model import AlexNet
+from alexnet.core.recipes import resolve
+from alexnet.core.rundir import METRIC_FIELDS, TEXT_FIELDS
+from alexnet.run import jsonio
+from alexnet.run.jsonio import NON_FINITE, sanitize, to_json, write_json
 
 NAN, INF = float("nan"), float("inf")
 

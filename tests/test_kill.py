@@ -24,9 +24,9 @@ import pytest
 import torch
 
 import gates
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.config import RunConfig
-from alexnet.errors import UserError
+from alexnet.core.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.run.errors import UserError
 from tiny import tiny_train_argv
 
 pytestmark = pytest.mark.slow  # every test trains and SIGKILLs subprocesses
@@ -181,7 +181,7 @@ def test_kill_during_atomic_write_keeps_the_old_file(fashion_run, tmp_path):
     script = f"""
 import sys
 from pathlib import Path
-from alexnet.checkpoint import atomic_write
+from alexnet.core.checkpoint import atomic_write
 data = Path({str(fashion_run / "last.pt")!r}).read_bytes()
 def half(tmp):
     with open(tmp, "wb") as f:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from alexnet import native
-from alexnet.lrn import LocalResponseNorm, using_kernel
+from alexnet.core.lrn import LocalResponseNorm, using_kernel
+from alexnet.run import native
 
 
 def lrn_formula(a: torch.Tensor, n=5, k=2.0, alpha=1e-4, beta=0.75) -> torch.Tensor:
@@ -84,7 +84,7 @@ def test_compiled_training_step_equals_eager(amp):
     autocast state after the LRN's Function, and the next layer failed on bf16 input."""
     import torch.nn.functional as F
 
-    from alexnet.model import build_model
+    from alexnet.core.model import build_model
 
     torch.manual_seed(0)
     model = build_model("small", num_classes=10, dropout=0.0).to(memory_format=torch.channels_last)

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet.model import ARCHITECTURES, build_model, count_parameters, summarize
+from alexnet.core.model import ARCHITECTURES, build_model, count_parameters, summarize
 
 # Golden numbers: docs/PAPER.md (paper, paper-ungrouped), torchvision (owt).
 PARAMS = {"paper": 60_965_224, "paper-ungrouped": 62_378_344, "owt": 61_100_840}

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from alexnet import lrn, native
-from alexnet.errors import UserError
-from alexnet.lrn import LocalResponseNorm
+from alexnet.core import lrn
+from alexnet.core.lrn import LocalResponseNorm
+from alexnet.run import native
+from alexnet.run.errors import UserError
 from test_lrn import lrn_formula
 
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from alexnet.cli import main
+from alexnet.apps.cli import main
 from alexnet.config import DataConfig
-from alexnet.data import load_split
-from alexnet.errors import UserError
-from alexnet.pack import pack
+from alexnet.data.datasets import load_split
+from alexnet.data.pack import pack
+from alexnet.run.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_store_equals_the_decoded_folder(imagenet, packed, train):
 def test_shuffled_batches_and_augmentation_match_the_folder(imagenet, packed):
     """Same seed, same epoch: the same batches; the device-side augmentation then sees the
     same uint8 images, so crops, mirrors and lighting have the same distribution."""
-    from alexnet.augment import Preprocess
+    from alexnet.core.augment import Preprocess
 
     cfg = DataConfig(name=str(imagenet), workers=0)
     a = load_split(True, cfg, 4, seed=3)
@@ -92,9 +92,9 @@ def test_train_from_a_packed_store(packed, tmp_path):
 
 def test_shards_read_back_in_any_order(imagenet, tmp_path, monkeypatch):
     """Five images per shard: shuffled batches gather across shard files, in batch order."""
-    import alexnet.pack
+    import alexnet.data.pack
 
-    monkeypatch.setattr(alexnet.pack, "SHARD_BYTES", 5 * 3 * 256 * 256)
+    monkeypatch.setattr(alexnet.data.pack, "SHARD_BYTES", 5 * 3 * 256 * 256)
     pack(str(imagenet), str(tmp_path / "store"), encoding="raw", workers=0, log=lambda *a: None)
     shards = json.loads((tmp_path / "store" / "pack.json").read_text())["splits"]["train"]["shards"]
     assert [s["count"] for s in shards] == [5, 5, 2]

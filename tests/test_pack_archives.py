@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import store
 from alexnet.config import DataConfig
-from alexnet.data import load_split
-from alexnet.errors import UserError
-from alexnet.pack import pack
-from alexnet.store import list_store
+from alexnet.data import store
+from alexnet.data.datasets import load_split
+from alexnet.data.pack import pack
+from alexnet.data.store import list_store
+from alexnet.run.errors import UserError
 
 QUIET = {"log": lambda *a: None}
 
@@ -152,9 +152,9 @@ def test_decoding_workers_give_the_same_batches(stores):
 def test_jpeg_shards_read_back_in_any_order(imagenet_downloads, stores, tmp_path, monkeypatch):
     """Shards of at most 60 KB: shuffled batches gather across shard files, in batch order,
     the same images as the one-shard store."""
-    import alexnet.pack
+    import alexnet.data.pack
 
-    monkeypatch.setattr(alexnet.pack, "SHARD_BYTES", 60_000)
+    monkeypatch.setattr(alexnet.data.pack, "SHARD_BYTES", 60_000)
     pack(str(imagenet_downloads), str(tmp_path / "store"), workers=0, **QUIET)
     shards = json.loads((tmp_path / "store" / "pack.json").read_text())["splits"]["train"]["shards"]
     assert len(shards) > 2 and all(s["bytes"] <= 60_000 for s in shards) and sum(s["count"] for s in shards) == 12
@@ -192,7 +192,7 @@ def test_a_damaged_jpeg_store_is_named(stores, tmp_path):
 
 KILLER = """
 import os, signal, sys
-import alexnet.pack as p
+import alexnet.data.pack as p
 p.CHECKPOINT_IMAGES = 3
 point, n = sys.argv[1], int(sys.argv[2])
 calls = [0]

@@ -13,10 +13,11 @@ import time
 import pytest
 import torch
 
-from alexnet import plan
-from alexnet.cli import main
-from alexnet.errors import UserError
-from alexnet.plan import (
+from alexnet.apps.cli import main
+from alexnet.core.recipes import resolve
+from alexnet.run import plan
+from alexnet.run.errors import UserError
+from alexnet.run.plan import (
     BudgetPlan,
     choose_precision,
     cuda_precision,
@@ -25,8 +26,7 @@ from alexnet.plan import (
     time_steps,
     validations,
 )
-from alexnet.recipes import resolve
-from alexnet.runtime import check_precision, stored_precision
+from alexnet.run.runtime import check_precision, stored_precision
 
 CPU = torch.device("cpu")
 
@@ -170,10 +170,10 @@ def mocked_speed(monkeypatch):
         return {name: STEP_SECONDS[name] for name in steps}
 
     monkeypatch.setattr(plan, "time_steps", fake)
-    monkeypatch.setattr("alexnet.train.time_steps", fake)
+    monkeypatch.setattr("alexnet.core.train.time_steps", fake)
     # the real steps take milliseconds, not the mocked 10 s: the pace check would lengthen the
     # plan (test_a_run_behind_its_plan... tests the revisions)
-    monkeypatch.setattr("alexnet.train.revised_steps", lambda *args, **kwargs: None)
+    monkeypatch.setattr("alexnet.core.train.revised_steps", lambda *args, **kwargs: None)
 
 
 def _weights(out):
@@ -234,7 +234,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_pa
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(whole)]) == 0
     # the same run, its epoch-1 checkpoint kept aside; then resumed on a "faster machine"
-    import alexnet.rundir as rundir_module
+    import alexnet.core.rundir as rundir_module
 
     saved = rundir_module.save_checkpoint
 
@@ -247,7 +247,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_pa
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part)]) == 0
     shutil.copy(part / "epoch1.pt", part / "last.pt")
     STEP_SECONDS_FAST = {"off": 1.0, "bf16": 0.1, "eval": 0.01}  # would plan bf16 and 30 epochs
-    monkeypatch.setattr("alexnet.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
+    monkeypatch.setattr("alexnet.core.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     monkeypatch.setattr(plan, "time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part), "--resume"]) == 0
     cfg = json.loads((part / "config.json").read_text())
@@ -264,7 +264,7 @@ def test_budget_plan_round_trips_through_config():
 
 
 def test_revised_steps_follow_the_pace():
-    from alexnet.plan import revised_steps
+    from alexnet.run.plan import revised_steps
 
     # 300 s budget, 3% kept: 291 s; 100 s gone, validation 11 s: 180 s left at 0.5 s a step
     assert revised_steps(300, 100, 400, 0.5, 1000, 11, most=5000) == 400 + 360  # behind: shortened
@@ -288,7 +288,7 @@ def test_a_run_off_its_pace_is_replanned_and_still_anneals(
         calls.append(args)
         return revised if len(calls) == 1 else None
 
-    monkeypatch.setattr("alexnet.train.revised_steps", pace)
+    monkeypatch.setattr("alexnet.core.train.revised_steps", pace)
     out = tmp_path / "replanned"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0
     log = capsys.readouterr().out
@@ -324,7 +324,7 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_and_nothing_is_written(cli, fash
 
 def test_an_fp16_resume_of_a_bf16_run_starts_a_fresh_scale():
     """The checkpoint of a bf16 (or fp32) run holds its disabled scaler's empty state."""
-    from alexnet.runtime import grad_scaler, restore_scaler
+    from alexnet.run.runtime import grad_scaler, restore_scaler
 
     saved = grad_scaler(CPU, "bf16").state_dict()
     assert saved == {}
@@ -339,7 +339,7 @@ def test_an_fp16_resume_of_a_bf16_run_starts_a_fresh_scale():
 
 
 def test_cuda_math_settings_and_the_paper_recipes_true_fp32(monkeypatch):
-    from alexnet.runtime import configure_cuda
+    from alexnet.run.runtime import configure_cuda
 
     saved = (
         torch.backends.cuda.matmul.allow_tf32,
@@ -366,7 +366,7 @@ def test_cuda_math_settings_and_the_paper_recipes_true_fp32(monkeypatch):
 
 
 def test_a_fixed_gpu_under_torchrun_is_refused(monkeypatch):
-    from alexnet import distributed
+    from alexnet.run import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -397,7 +397,7 @@ class _SlowLoader:
 
 
 def test_the_plan_times_a_loader_that_works_in_processes():
-    from alexnet.train import _loader_seconds
+    from alexnet.core.train import _loader_seconds
 
     assert _loader_seconds(_SlowLoader(workers=0, seconds=0.05)) is None  # in memory: part of the step
     s = _loader_seconds(_SlowLoader(workers=2, seconds=0.05))

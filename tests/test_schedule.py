@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from alexnet.config import TrainConfig
-from alexnet.errors import UserError
-from alexnet.optim import LrSchedule, Schedule, make_optimizer
+from alexnet.core.optim import LrSchedule, Schedule, make_optimizer
+from alexnet.run.errors import UserError
 
 STEPS_PER_EPOCH = 10
 
@@ -134,7 +134,7 @@ def test_the_plateau_rule_waits_its_minimum_steps_at_each_lr():
 
 
 def test_the_folder_recipe_waits_and_the_paper_recipe_does_not():
-    from alexnet.recipes import resolve
+    from alexnet.core.recipes import resolve
 
     assert resolve("/my/photos", {}, {}, {}).train.plateau_min_steps == 300
     assert resolve("/my/photos", {}, {}, {}, recipe="paper").train.plateau_min_steps == 0

@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet import serve
-from alexnet.checkpoint import save_checkpoint
+from alexnet.apps import serve
+from alexnet.apps.inspection import PNG_URL
 from alexnet.config import DataConfig, RunConfig
-from alexnet.inspection import PNG_URL
-from alexnet.model import build_model
-from alexnet.recipes import resolve
-from alexnet.rundir import METRIC_FIELDS
+from alexnet.core.checkpoint import save_checkpoint
+from alexnet.core.model import build_model
+from alexnet.core.recipes import resolve
+from alexnet.core.rundir import METRIC_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds: only a safety net against a hang, never a speed check
@@ -181,7 +181,7 @@ def test_filters_and_run(server):
 
 def test_static_page(server):
     status, headers, data = request(server, "GET", "/")
-    if (ROOT / "src" / "alexnet" / "web" / "index.html").is_file():
+    if (ROOT / "src" / "alexnet" / "apps" / "web" / "index.html").is_file():
         assert status == 200 and headers["content-type"].startswith("text/html")
     else:
         error(status, headers, data, 404, "not installed")
@@ -239,7 +239,7 @@ def test_neighbors_and_the_index_cache(server, small_run, sample_id, fashion_dir
     assert all(decode(n["image"]).size == (28, 28) and 0 <= n["index"] < 600 for n in first["neighbors"])
     assert list(small_run.glob("last.fc7-*.safetensors"))  # cached beside the checkpoint
     # a training image, uploaded as a PNG, is its own nearest neighbour; the index is in memory now
-    from alexnet.data import fashion_mnist
+    from alexnet.data.datasets import fashion_mnist
 
     train = fashion_mnist(True, DataConfig(data_dir=fashion_dir))
     status, _, again = request(server, "POST", "/api/neighbors?k=3", png(Image.fromarray(train.data[123].numpy())))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gates
-from alexnet.cli import main
+from alexnet.apps.cli import main
 from tiny import tiny_train_argv
 
 pytestmark = pytest.mark.slow  # every test trains (or uses fashion_run, which does)

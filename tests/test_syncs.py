@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from alexnet.augment import Preprocess
 from alexnet.config import DataConfig, TrainConfig
-from alexnet.distributed import Dist
-from alexnet.engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch
-from alexnet.health import HealthMonitor
-from alexnet.loaders import InMemoryLoader, ShardedBatches
-from alexnet.model import build_model
-from alexnet.optim import make_optimizer
+from alexnet.core.augment import Preprocess
+from alexnet.core.engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch
+from alexnet.core.model import build_model
+from alexnet.core.optim import make_optimizer
+from alexnet.data.loaders import InMemoryLoader, ShardedBatches
+from alexnet.run.distributed import Dist
+from alexnet.run.health import HealthMonitor
 
 TWO = Dist(rank=0, world=2)
 
@@ -31,7 +31,7 @@ def counted(monkeypatch):
     def counting(original):
         def read(self, *a, **k):
             caller = sys._getframe(1).f_code.co_filename
-            if caller.endswith(("alexnet/engine.py", "alexnet/health.py")):
+            if caller.endswith(("alexnet/core/engine.py", "alexnet/run/health.py")):
                 calls["host"] += 1
             return original(self, *a, **k)
 

@@ -1,8 +1,8 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton, 2012): the paper's network and recipe for PyTorch."""
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .lrn import LocalResponseNorm
-from .model import AlexNet, build_model, count_parameters
+from .core.lrn import LocalResponseNorm
+from .core.model import AlexNet, build_model, count_parameters
 
 __all__ = [
     "AlexNet",

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .errors import UserError
+from ..config import DataConfig
+from ..run.errors import UserError
 from .loaders import DecodingLoader, InMemoryLoader, ShardedBatches, Split
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from torchvision import datasets
 
-from .errors import UserError
+from ..run.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -26,22 +26,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import UserError
+from ..core.rundir import REQUIRED_FIELDS
+from ..core.rundir import read_metrics as read_rows
+from ..run.errors import UserError
+from ..run.tblog import normalise_kernels as normalise_kernels
 from .inspection import FilterGrid as FilterGrid
 from .inspection import checkpoint_key, fc7_codes, fc7_index, filter_grids, filter_layout
 from .inspection import fc7_features as fc7_features
 from .inspection import nearest_neighbors as nearest_neighbors
-from .rundir import REQUIRED_FIELDS
-from .rundir import read_metrics as read_rows
-from .tblog import normalise_kernels as normalise_kernels
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .loaders import Split
-    from .model import AlexNet
+    from ..core.model import AlexNet
+    from ..data.loaders import Split
 
 DPI = 100
 TILE_INCHES = 0.6  # filters: width of one kernel tile
@@ -66,7 +66,7 @@ def _figure(figsize: tuple[float, float]) -> Figure:
 
 def _save(fig: Figure, out: str | Path) -> dict:
     """Write `fig` as a PNG of exactly figsize x DPI pixels; returns its path and size."""
-    from .jsonio import atomic_write
+    from ..run.jsonio import atomic_write
 
     out = Path(out)
     try:
@@ -149,7 +149,7 @@ def draw_filters(model: AlexNet, out: str | Path, title: str | None = None) -> d
 
 
 def filters_command(path: str, out: str | None = None) -> dict:
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from ..core.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(path), path)
     out = Path(out) if out else Path(path).parent / "conv1_filters.png"
@@ -207,10 +207,10 @@ def neighbors_command(
     a training query's code is its row of the index."""
     import dataclasses
 
-    from .checkpoint import load_inference
-    from .data import load_split
+    from ..core.checkpoint import load_inference
+    from ..data.datasets import load_split
+    from ..run.runtime import resolve_device
     from .inspection import preprocess_for
-    from .runtime import resolve_device
 
     _check_counts(queries, k, batch_size, limit_train)
     dev = resolve_device(device)

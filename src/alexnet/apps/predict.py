@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from .augment import Preprocess
-from .checkpoint import load_inference
-from .data import load_image, stored_transform
-from .errors import UserError
-from .runtime import autocast, resolve_device, stored_precision
+from ..core.augment import Preprocess
+from ..core.checkpoint import load_inference
+from ..data.datasets import load_image, stored_transform
+from ..run.errors import UserError
+from ..run.runtime import autocast, resolve_device, stored_precision
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ import dataclasses
 
 import torch
 
-from .config import RunConfig, TrainConfig
-from .errors import UserError
+from ..config import RunConfig, TrainConfig
+from ..run.errors import UserError
 from .model import AlexNet
 
 

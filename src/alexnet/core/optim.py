@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import TrainConfig
-from .errors import UserError
+from ..config import TrainConfig
+from ..run.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

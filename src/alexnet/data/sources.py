@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from .errors import UserError
+from ..run.errors import UserError
 from .imagenet import GROUND_TRUTH, WNID, FlatFolder, read_meta_mat, val_labels
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"

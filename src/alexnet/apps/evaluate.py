@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .augment import Preprocess
-from .checkpoint import load_inference
-from .data import is_fashion_mnist, load_split
-from .engine import evaluate_loader
-from .errors import UserError
-from .imagenet import human_names
-from .runtime import check_precision, resolve_device, stored_precision
+from ..core.augment import Preprocess
+from ..core.checkpoint import load_inference
+from ..core.engine import evaluate_loader
+from ..data.datasets import is_fashion_mnist, load_split
+from ..data.imagenet import human_names
+from ..run import distributed
+from ..run.errors import UserError
+from ..run.runtime import check_precision, resolve_device, stored_precision
 
 
 def evaluate_checkpoint(

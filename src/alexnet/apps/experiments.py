@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
-from .jsonio import write_json
-from .recipes import resolve
-from .rundir import read_metrics
+from ..core.recipes import resolve
+from ..core.rundir import read_metrics
+from ..run.errors import UserError
+from ..run.jsonio import write_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .config import RunConfig
+    from ..config import RunConfig
 
 # The training error a linear classifier reaches on Fashion-MNIST (logistic regression is
 # about 84% accurate, i.e. 16% error): crossing 15% means the network has learned features
@@ -157,7 +157,7 @@ def run(
     `trained` (run_key -> run folder), shared between calls, makes a run that an earlier
     call trained be reused instead of trained again (`alexnet experiment all`); the runs
     this call trains are added to it."""
-    from .train import train
+    from ..core.train import train
 
     train_fn = train_fn or train
     trained = {} if trained is None else trained

@@ -19,14 +19,14 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .checkpoint import Inference, load_inference
-from .errors import UserError
+from ..core.checkpoint import Inference, load_inference
+from ..data.loaders import default_workers
+from ..data.pack import stored_image
+from ..data.sources import SourceSplit, class_folder
+from ..run.errors import UserError
+from ..run.jsonio import atomic_write
+from ..run.runtime import autocast, resolve_device
 from .inspection import precision, preprocess_for, stages
-from .jsonio import atomic_write
-from .loaders import default_workers
-from .pack import stored_image
-from .runtime import autocast, resolve_device
-from .sources import SourceSplit, class_folder
 
 
 class _Images(torch.utils.data.Dataset):

@@ -19,10 +19,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..run.errors import UserError
+from ..run.jsonio import write_json
+from ..run.tblog import TensorBoard
 from .checkpoint import save_checkpoint
-from .errors import UserError
-from .jsonio import write_json
-from .tblog import TensorBoard
 
 if TYPE_CHECKING:
     from torch import nn

@@ -46,20 +46,20 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-from .augment import Preprocess
-from .config import cache_dir
-from .data import load_image, stored_transform
-from .errors import UserError
-from .jsonio import atomic_write
-from .runtime import autocast, stored_precision
-from .tblog import normalise_kernels
+from ..config import cache_dir
+from ..core.augment import Preprocess
+from ..data.datasets import load_image, stored_transform
+from ..run.errors import UserError
+from ..run.jsonio import atomic_write
+from ..run.runtime import autocast, stored_precision
+from ..run.tblog import normalise_kernels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from .checkpoint import Inference
-    from .loaders import Loader, Split
-    from .model import AlexNet
+    from ..core.checkpoint import Inference
+    from ..core.model import AlexNet
+    from ..data.loaders import Loader, Split
 
 PNG_URL = "data:image/png;base64,"
 TEN_CROP_CENTRE = 4  # torchvision's ten_crop order: four corners, the centre, then their mirrors

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import safe_open, save_file
 from tqdm import tqdm
 
-from .config import DataConfig, cache_dir
-from .data import Split, is_fashion_mnist
-from .distributed import Dist, all_sum, any_flag, broadcast_tensor, sum_tensor
-from .jsonio import atomic_write
+from ..config import DataConfig, cache_dir
+from ..run.distributed import Dist, all_sum, any_flag, broadcast_tensor, sum_tensor
+from ..run.jsonio import atomic_write
+from .datasets import Split, is_fashion_mnist
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -48,9 +48,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data import open_image, stored_transform
-from .errors import UserError
-from .jsonio import to_json, write_json
+from ..run.errors import UserError
+from ..run.jsonio import to_json, write_json
+from .datasets import open_image, stored_transform
 from .sources import SPLITS, Sources, SourceSplit, find_sources, limited
 from .store import FORMAT, MANIFEST, SUFFIX
 

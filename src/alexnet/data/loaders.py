@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from .distributed import Dist, check_batch
-from .errors import UserError
+from ..run.distributed import Dist, check_batch
+from ..run.errors import UserError
 
 if TYPE_CHECKING:
     from .store import JpegImages, PackedImages

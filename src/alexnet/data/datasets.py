@@ -31,9 +31,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from .config import DataConfig, cache_dir
-from .distributed import Dist
-from .errors import UserError
+from ..config import DataConfig, cache_dir
+from ..run.distributed import Dist
+from ..run.errors import UserError
 from .imagenet import FlatFolder, val_labels
 from .loaders import FolderLoader, InMemoryLoader, ShardedBatches, Split
 from .store import is_packed, packed_split

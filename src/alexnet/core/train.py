@@ -26,22 +26,16 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
-from .augment import Preprocess
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_weights
-from .config import RunConfig, TrainConfig
-from .data import is_fashion_mnist, load_split
-from .distributed import Dist
-from .engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch, train_step
-from .errors import Stopped, Unhealthy, UserError
-from .finetune import freeze, init_from, source_config
-from .health import HealthMonitor
-from .imagenet import human_names
-from .loaders import Loader, Split
-from .lrn import select_kernel
-from .model import AlexNet, count_parameters
-from .optim import Schedule, make_optimizer
-from .plan import (
+from ..config import RunConfig, TrainConfig
+from ..data.datasets import is_fashion_mnist, load_split
+from ..data.imagenet import human_names
+from ..data.loaders import Loader, Split
+from ..data.stats import cached_mean_image
+from ..run import distributed
+from ..run.distributed import Dist
+from ..run.errors import Stopped, Unhealthy, UserError
+from ..run.health import HealthMonitor
+from ..run.plan import (
     PRECISION_NAMES,
     BudgetPlan,
     Precision,
@@ -52,8 +46,7 @@ from .plan import (
     time_steps,
     training_step_timer,
 )
-from .rundir import RunDir
-from .runtime import (
+from ..run.runtime import (
     AMP_DTYPES,
     autocast,
     check_precision,
@@ -63,12 +56,19 @@ from .runtime import (
     restore_scaler,
     stored_precision,
 )
-from .stats import cached_mean_image
+from .augment import Preprocess
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_weights
+from .engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch, train_step
+from .finetune import freeze, init_from, source_config
+from .lrn import select_kernel
+from .model import AlexNet, count_parameters
+from .optim import Schedule, make_optimizer
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from types import FrameType
 
-    from .health import HealthEvent
+    from ..run.health import HealthEvent
 
 AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
 LRN_ORDER = ("fused", "torch")  # the LRN kernels, likewise

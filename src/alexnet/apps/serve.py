@@ -1,7 +1,7 @@
 """`alexnet serve`: a local web page and a JSON API to look inside a checkpoint (issue 12).
 
 The standard library's ThreadingHTTPServer (no new dependency): a thread per connection,
-the page's three files from the package (alexnet/web/), and the API that README's "Look
+the page's three files from the package (alexnet/apps/web/), and the API that README's "Look
 inside" documents, whose computations are inspection.py's. What keeps it up under bad
 input and many requests:
 
@@ -44,9 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import load_inference
-from .data import load_split
-from .errors import UserError
+from ..core.checkpoint import load_inference
+from ..core.rundir import read_metrics
+from ..data.datasets import load_split
+from ..run.errors import UserError
+from ..run.jsonio import to_json
+from ..run.runtime import resolve_device
 from .inspection import (
     INDEX_BATCH,
     Fc7Index,
@@ -66,14 +69,11 @@ from .inspection import (
     preprocess_for,
     towers,
 )
-from .jsonio import to_json
-from .rundir import read_metrics
-from .runtime import resolve_device
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .loaders import Split
+    from ..data.loaders import Split
 
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upload: a 24-megapixel JPEG is 5-12 MB
 MAX_WAITING = 4  # requests waiting for the model behind the one using it; one more: 503
@@ -246,7 +246,7 @@ class Inspector:
     # --------------------------------------------------------------- the GET endpoints
 
     def health(self) -> dict:
-        from . import __version__
+        from .. import __version__
 
         m = self.config.model
         return {
@@ -539,7 +539,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = (resources.files(__package__) / "web" / name).read_bytes()
         except OSError:
-            raise HTTPError(404, f"{name}: the page is not installed (alexnet/web/{name} is missing)") from None
+            raise HTTPError(404, f"{name}: the page is not installed (alexnet/apps/web/{name} is missing)") from None
         self._send(200, body, content_type)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .config import cache_dir
+from ..config import cache_dir
 
 SOURCE = Path(__file__).with_name("lrn.c")
 # Flag sets tried in order; the first that builds is used. -march=native: this CPU's

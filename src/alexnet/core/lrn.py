@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
-from .errors import UserError
+from ..run import native
+from ..run.errors import UserError
 
 
 def band_matrix(channels: int, size: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from .config import DataConfig
+from ..config import DataConfig
 
 
 class Crops(NamedTuple):

@@ -14,12 +14,12 @@ import json
 import os
 import sys
 
-from .config import AMP_MODES, DataConfig, ModelConfig, TrainConfig
-from .errors import Stopped, UserError
-from .jsonio import to_json, write_json
-from .model import ARCHITECTURES
-from .plan import format_seconds, parse_budget
-from .recipes import RECIPE_DATA, RECIPES, resolve
+from ..config import AMP_MODES, DataConfig, ModelConfig, TrainConfig
+from ..core.model import ARCHITECTURES
+from ..core.recipes import RECIPE_DATA, RECIPES, resolve
+from ..run.errors import Stopped, UserError
+from ..run.jsonio import to_json, write_json
+from ..run.plan import format_seconds, parse_budget
 
 EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -151,7 +151,7 @@ def _size(r: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
+    from ..core.train import train
 
     data = config_options(args, "data")
     data_name = data.pop("name", "fashion-mnist")
@@ -223,7 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .model import build_model, summarize
+    from ..core.model import build_model, summarize
 
     options = config_options(args, "model")
     name = options.pop("name", "paper")
@@ -241,9 +241,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_pca(args: argparse.Namespace) -> None:
-    from .data import load_split
-    from .recipes import data_defaults
-    from .stats import rgb_pca
+    from ..core.recipes import data_defaults
+    from ..data.datasets import load_split
+    from ..data.stats import rgb_pca
 
     cfg = dataclasses.replace(data_defaults(args.data), data_dir=args.data_dir, workers=args.workers)
     if cfg.channels != 3:
@@ -257,7 +257,7 @@ def cmd_pca(args: argparse.Namespace) -> None:
 
 def cmd_pack(args: argparse.Namespace) -> None:
     if args.list:
-        from .store import list_store
+        from ..data.store import list_store
 
         if args.data or args.out:
             raise UserError("pack --list STORE takes no SRC or OUT")
@@ -265,7 +265,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
         return
     if not (args.data and args.out):
         raise UserError("pack needs SRC and OUT (or --list STORE)")
-    from .pack import DEFAULT_QUALITY, pack
+    from ..data.pack import DEFAULT_QUALITY, pack
 
     quality = DEFAULT_QUALITY if args.quality is None else args.quality
     pack(
@@ -275,7 +275,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_samples(args: argparse.Namespace) -> None:
-    from .data import write_samples
+    from ..data.datasets import write_samples
 
     paths = write_samples(DataConfig(name=args.data, data_dir=args.data_dir), args.count, args.out)
     print("\n".join(str(p) for p in paths))
@@ -604,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .runtime import tune_allocator
+    from ..run.runtime import tune_allocator
 
     tune_allocator()
     try:

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .lrn import LocalResponseNorm
 
 

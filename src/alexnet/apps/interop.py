@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, RunConfig, TrainConfig
-from .errors import UserError
-from .imagenet import imagenet_categories
-from .jsonio import to_json
-from .model import build_model, model_config
+from ..config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, RunConfig, TrainConfig
+from ..core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..core.model import build_model, model_config
+from ..data.imagenet import imagenet_categories
+from ..run.errors import UserError
+from ..run.jsonio import to_json
 
 # torchvision's ImageNet Normalize(mean, std) acts on pixels / 255: the same in 0..255 units.
 ONNX_OPSET = 17

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .distributed import Dist, sum_tensor
-from .errors import Unhealthy
-from .health import HealthMonitor, gradient_probe
-from .runtime import autocast
+from ..run.distributed import Dist, sum_tensor
+from ..run.errors import Unhealthy
+from ..run.health import HealthMonitor, gradient_probe
+from ..run.runtime import autocast
 
 if TYPE_CHECKING:
+    from ..data.loaders import Loader
     from .augment import Preprocess
-    from .loaders import Loader
 
 
 def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:

@@ -21,9 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .config import ModelConfig, RunConfig
-from .errors import UserError
-from .jsonio import atomic_write, to_json
+from ..config import ModelConfig, RunConfig
+from ..run.errors import UserError
+from ..run.jsonio import atomic_write, to_json
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.apps import inspection
+from alexnet.apps import inspection, neighbors
 from alexnet.config import DataConfig, RunConfig
 from alexnet.core.checkpoint import Inference, save_checkpoint
 from alexnet.core.model import build_model
@@ -239,17 +239,17 @@ def test_fc7_index_is_cached_and_rebuilt_when_stale(small, tmp_path):
     logs = []
 
     def index(split=split, limit=None):
-        key = inspection.checkpoint_key(ckpt)
-        return inspection.fc7_index(small.model, pre, split, ckpt, key, limit, CPU, log=logs.append)
+        key = neighbors.checkpoint_key(ckpt)
+        return neighbors.fc7_index(small.model, pre, split, ckpt, key, limit, CPU, log=logs.append)
 
     first = index()
-    assert first.path == inspection.index_paths(ckpt, "synthetic-40")[0] and first.path.parent == tmp_path
+    assert first.path == neighbors.index_paths(ckpt, "synthetic-40")[0] and first.path.parent == tmp_path
     assert first.features.dtype == torch.float16 and first.features.shape == (40, 384) and len(logs) == 1
     second = index()
     assert second.built_seconds == 0 and len(logs) == 1 and torch.equal(second.features, first.features)
     assert torch.equal(second.labels, torch.arange(40) % 3)
     # the codes are the model's fc7, rounded to fp16
-    fc7 = inspection.fc7_features(small.model, pre, images, CPU)
+    fc7 = neighbors.fc7_features(small.model, pre, images, CPU)
     assert torch.equal(first.features, fc7.half())
     index(limit=40)  # another limit: another index
     assert len(logs) == 2
@@ -268,7 +268,7 @@ def test_index_search_equals_brute_force(small):
     images = torch.stack([image(1, 28, seed=i) for i in range(50)])
     split = split_of(images, "synthetic-50")
     pre = inspection.preprocess_for(small)
-    index = inspection.fc7_index(small.model, pre, split, "unused.pt", None, None, CPU, log=lambda _: None)
+    index = neighbors.fc7_index(small.model, pre, split, "unused.pt", None, None, CPU, log=lambda _: None)
     assert index.path is None  # no key: not cached
     codes = index.features[[7, 31]]
     found = index.nearest(codes, 5)
@@ -277,10 +277,10 @@ def test_index_search_equals_brute_force(small):
     best = dist.sort(dim=1, stable=True)
     assert torch.equal(found["indices"], best.indices[:, :5])
     assert torch.allclose(found["distances"].double(), best.values[:, :5], atol=1e-4)
-    r = inspection.neighbors(small, index, images[12], 4)
+    r = neighbors.neighbors(small, index, images[12], 4)
     assert [n["index"] for n in r["neighbors"]][0] == 12 and r["neighbors"][0]["distance"] < 1e-2
     d = [n["distance"] for n in r["neighbors"]]
     assert d == sorted(d) and r["train_images"] == 50
     assert all(decode(n["image"]).size == (28, 28) for n in r["neighbors"])
     with pytest.raises(UserError, match="k must be"):
-        inspection.neighbors(small, index, images[0], 51)
+        neighbors.neighbors(small, index, images[0], 51)

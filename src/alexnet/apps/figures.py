@@ -8,7 +8,7 @@
 - neighbors (Figure 4): query images from the validation/test split and, for each, the
             training images whose fc7 activations (AlexNet.penultimate, the 4096-d code at
             width 1) are nearest in Euclidean distance, searched in the fc7 index of the
-            training split (inspection.fc7_index: computed once per checkpoint and data,
+            training split (neighbors.fc7_index: computed once per checkpoint and data,
             cached beside the checkpoint; `alexnet serve` searches the same index).
 - plot      the training curves of a run directory's metrics.csv: loss, top-1 accuracy
             and learning rate against epochs.
@@ -31,9 +31,10 @@ from ..core.rundir import read_metrics as read_rows
 from ..run.errors import UserError
 from ..run.tblog import normalise_kernels as normalise_kernels
 from .inspection import FilterGrid as FilterGrid
-from .inspection import checkpoint_key, fc7_codes, fc7_index, filter_grids, filter_layout
-from .inspection import fc7_features as fc7_features
-from .inspection import nearest_neighbors as nearest_neighbors
+from .inspection import filter_grids, filter_layout
+from .neighbors import checkpoint_key, fc7_codes, fc7_index
+from .neighbors import fc7_features as fc7_features
+from .neighbors import nearest_neighbors as nearest_neighbors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -203,7 +204,7 @@ def neighbors_command(
     nearest to each in fc7; writes the PNG and returns the neighbours.
 
     The training images' fc7 codes come from the checkpoint's fc7 index
-    (inspection.fc7_index), computed on the first call and cached beside the checkpoint;
+    (neighbors.fc7_index), computed on the first call and cached beside the checkpoint;
     a training query's code is its row of the index."""
     import dataclasses
 

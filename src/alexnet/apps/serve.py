@@ -51,24 +51,20 @@ from ..run.errors import UserError
 from ..run.jsonio import to_json
 from ..run.runtime import resolve_device
 from .inspection import (
-    INDEX_BATCH,
-    Fc7Index,
     ImageTooLarge,
     activations,
-    checkpoint_key,
     decode_upload,
     device_of,
-    fc7_index,
     filters,
     image_array,
     layer_shapes,
-    neighbors,
     occlusion,
     png_bytes,
     predict,
     preprocess_for,
     towers,
 )
+from .neighbors import INDEX_BATCH, Fc7Index, checkpoint_key, fc7_index, neighbors
 
 if TYPE_CHECKING:
     from collections.abc import Callable

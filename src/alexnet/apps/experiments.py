@@ -12,6 +12,10 @@ a run is known by what it would train (run_key: the resolved RunConfig, seed inc
 and the image limits; not the arm's label) and an experiment that needs a run an earlier
 one trained links its arm's folder to that run's (a copy where links are refused).
 results.json ("reused") and results.md say which runs came from another experiment.
+
+Every file is written atomically (jsonio.atomic_write), the runs' by train; a copied run
+goes to a hidden folder first and is renamed into place, so a full disk leaves the
+previous results as they were and one line (DiskFull) naming the file and the free space.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from ..core.recipes import resolve
 from ..core.rundir import read_metrics
-from ..run.errors import UserError
-from ..run.jsonio import write_json
+from ..run.errors import FULL_ERRNOS, DiskFull, UserError, full_errno
+from ..run.jsonio import atomic_write, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -139,7 +143,23 @@ def _reuse(source: Path, run_dir: Path) -> None:
     try:
         os.symlink(os.path.relpath(source, run_dir.parent), run_dir, target_is_directory=True)
     except OSError:  # no links on this file system (or no right to make them)
-        shutil.copytree(source, run_dir)
+        _copy_run(source, run_dir)
+
+
+def _copy_run(source: Path, run_dir: Path) -> None:
+    """A copy of the run folder `source` at `run_dir`, whole or not at all."""
+    partial = run_dir.with_name(f".{run_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(source, partial)
+        os.replace(partial, run_dir)
+    except (OSError, shutil.Error) as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        # shutil.Error gathers the files' errors as text: look for the errno there too
+        code = full_errno(e) or next((c for c in FULL_ERRNOS if f"[Errno {c}]" in str(e)), None)
+        if code is None:
+            raise
+        raise DiskFull(run_dir, code, f"{source} is not copied; reuse it again once there is room") from e
 
 
 def run(
@@ -197,7 +217,8 @@ def run(
     results["reused"] = reused
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "results.json", results)
-    (folder / "results.md").write_text(table(results))
+    text = table(results)
+    atomic_write(folder / "results.md", lambda tmp: Path(tmp).write_text(text))
     plot(results, runs, folder / "results.png")
     return results
 
@@ -355,5 +376,7 @@ def plot(results: dict, runs: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{results['experiment']} ({results['seeds']} seed(s))")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

@@ -22,7 +22,7 @@ from ..core.checkpoint import load_checkpoint, model_from_checkpoint, save_check
 from ..core.model import build_model, model_config
 from ..data.imagenet import imagenet_categories
 from ..run.errors import UserError
-from ..run.jsonio import to_json
+from ..run.jsonio import atomic_write, to_json
 
 # torchvision's ImageNet Normalize(mean, std) acts on pixels / 255: the same in 0..255 units.
 ONNX_OPSET = 17
@@ -166,7 +166,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, batch_size: int = 1) ->
     )
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(out))
+    atomic_write(Path(out), lambda tmp: Path(tmp).write_bytes(proto.SerializeToString()))
     return {
         "checkpoint": str(checkpoint),
         "onnx": str(out),

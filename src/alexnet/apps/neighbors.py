@@ -5,7 +5,8 @@ preprocessing) of every training image in file order, fp16 on the CPU, as safete
 cached beside the checkpoint (or in the cache folder when that is read-only), tied to the
 checkpoint's bytes and to the data. `alexnet neighbors`, `alexnet serve`'s neighbours and
 figures.py's Figure 4 search the same index: Euclidean distance, in chunks of SEARCH_CHUNK
-rows, the k nearest kept as it goes.
+rows, the k nearest kept as it goes. Where neither place takes the cache file (read-only,
+or no room: a full disk), a one-line warning says why and the index lasts the process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safetensors.torch import safe_open, save_file
 
 from ..config import cache_dir
 from ..core.augment import Preprocess
-from ..run.errors import UserError
+from ..run.errors import DiskFull, UserError
 from ..run.jsonio import atomic_write
 from .inspection import data_url, device_of, image_array, preprocess_for
 
@@ -214,13 +215,14 @@ def fc7_index(
 def _write_index(
     paths: list[Path], tensors: dict[str, torch.Tensor], meta: dict[str, str], log: Callable
 ) -> Path | None:
+    errors = []
     for path in paths:  # beside the checkpoint if its folder is writable, else the cache
         try:
-            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), sweep=True)
             return path
-        except OSError:
-            continue
-    log(f"alexnet: warning: could not cache the fc7 index ({' or '.join(map(str, paths))}); it lasts this process")
+        except (OSError, DiskFull) as e:
+            errors.append(str(e) if isinstance(e, DiskFull) else f"{path}: {e.strerror or e}")
+    log(f"alexnet: warning: could not cache the fc7 index ({'; '.join(errors)}); it lasts this process")
     return None
 
 

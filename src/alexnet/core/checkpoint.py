@@ -31,7 +31,16 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **state}, tmp))
+    """`state` as a training checkpoint at `path`, atomically: a write that finds no room
+    raises DiskFull (run/errors.py) and leaves the previous file as it was."""
+
+    def write(tmp: str) -> None:
+        # through a Python file, so that a failed write's OSError (its errno) reaches
+        # atomic_write: torch.save(obj, a path) reports only "file write failed"
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+
+    atomic_write(Path(path), write)
 
 
 MEAN_IMAGE_KEY = "data.mean_image"  # the training set's mean image, beside the weights

@@ -3,24 +3,33 @@ its metrics.
 
     config.json        every option the run was started with, and what it decided (plan)
     metrics.csv        one row per epoch (METRIC_FIELDS); blank: not measured that epoch
-    last.pt, best.pt   training checkpoints (checkpoint.py), written atomically
+    last.pt, best.pt   training checkpoints (checkpoint.py)
     model.safetensors  the final weights, with the config and class names
     summary.json       how the run ended: done, finished with warnings, stopped, diverged
     unreadable.txt     training files that could not be read (skipped)
     tensorboard/       the same scalars and conv1's kernels, if tensorboard is installed
 
-Only the main process of a torchrun job writes; the others hold a RunDir that does nothing.
+Every file but metrics.csv and tensorboard/ is written whole and atomically
+(jsonio.atomic_write). metrics.csv is appended to, one row in one write (fsynced); an append
+that fails is cut back to the file's previous length, so it never ends in half a row. A
+write that finds no room (a full disk, `ulimit -f`, a quota) stops the run with DiskFull:
+one line naming the file and the free space of its folder; the files written before are
+left as they were and the temporary file is removed. A start removes the temporary files
+(`.NAME.<random>.tmp`) that a killed write left. Only the main process of a torchrun job
+writes; the others hold a RunDir that does nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..run.errors import UserError
-from ..run.jsonio import write_json
+from ..run.errors import DiskFull, UserError, full_errno
+from ..run.jsonio import atomic_write, write_json
 from ..run.tblog import TensorBoard
 from .checkpoint import save_checkpoint
 
@@ -45,13 +54,47 @@ TEXT_FIELDS = ("health",)  # the others are numbers
 REQUIRED_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1")
 
 
-def _append(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
+def _csv(rows: list[dict], header: bool) -> bytes:
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
+    if header:
+        writer.writeheader()
+    for row in rows:
         writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})  # blank: not validated
+    return buf.getvalue().encode()
+
+
+def _append(path: Path, row: dict) -> None:
+    """One row (and the header, for a new file) in one write, fsynced; a failed append is cut
+    back to the file's previous length: metrics.csv never ends in half a row."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(_csv([row], header=size == 0))
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)
+            code = full_errno(e)
+            if code is None:
+                raise
+            raise DiskFull(path, code, "its earlier rows are kept whole" if size else "nothing was written") from e
+    finally:
+        os.close(fd)
+
+
+def _kept_rows(path: Path, done_epochs: int) -> list[dict]:
+    """The whole rows of metrics.csv of epochs up to `done_epochs`: a row cut short (by a
+    crash in an older version) or of a later epoch is dropped."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        r
+        for r in rows
+        if None not in r.values() and (r.get("epoch") or "").isdigit() and int(r["epoch"]) <= done_epochs
+    ]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -100,22 +143,21 @@ class RunDir:
         self.board: TensorBoard | None = None
 
     def start(self, config: dict, done_epochs: int) -> None:
-        """config.json (atomically); metrics.csv keeps only the rows of the epochs the run
-        resumes after (a kill between a row and its checkpoint would repeat the epoch), and a
-        fresh run starts a new one; temporary files of writes a kill interrupted are removed."""
+        """config.json; metrics.csv keeps only the rows of the epochs the run resumes after (a
+        kill between a row and its checkpoint would repeat the epoch; rewritten atomically),
+        and a fresh run starts a new one; temporary files of writes a kill interrupted are
+        removed (a paper-size one is 456 MB)."""
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        self.write_config(config)
-        for stale in self.out.glob(".*.tmp"):
+        for stale in self.out.glob(".*.tmp"):  # atomic_write's `.NAME.<random>.tmp`: only this run writes here
             stale.unlink(missing_ok=True)
-        rows = []
-        if done_epochs and self.metrics.is_file():
-            with open(self.metrics, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done_epochs]
-        self.metrics.unlink(missing_ok=True)
-        for row in rows:
-            _append(self.metrics, row)
+        self.write_config(config)
+        rows = _kept_rows(self.metrics, done_epochs) if done_epochs and self.metrics.is_file() else []
+        if rows:
+            atomic_write(self.metrics, lambda tmp: Path(tmp).write_bytes(_csv(rows, header=True)))
+        else:
+            self.metrics.unlink(missing_ok=True)
         self.board = TensorBoard(self.out)
 
     def write_config(self, config: dict) -> None:
@@ -125,15 +167,28 @@ class RunDir:
     def end_epoch(self, row: dict, model: nn.Module) -> None:
         """The epoch's metrics row, to metrics.csv and TensorBoard."""
         if self.main:
-            _append(self.metrics, row)
+            try:
+                _append(self.metrics, row)
+            except DiskFull as e:
+                raise e.keeping(f"{e.kept}; {self._resume()}") from e
             self.board.epoch(row, model)
 
     def save(self, state: dict, best: bool = False) -> None:
-        """A training checkpoint as last.pt (and best.pt), atomically."""
-        if self.main:
-            save_checkpoint(self.last, state)
-            if best:
-                save_checkpoint(self.best, state)
+        """A training checkpoint as last.pt (and best.pt), atomically. Without room, DiskFull
+        says which checkpoint the run can be resumed from."""
+        if not self.main:
+            return
+        for path in (self.last, self.best) if best else (self.last,):
+            try:
+                save_checkpoint(path, state)
+            except DiskFull as e:
+                raise e.keeping(self._resume() if path == self.last else f"{self.last} was saved") from e
+
+    def _resume(self) -> str:
+        """What a run stopped by a full disk leaves to resume from."""
+        if not self.last.is_file():
+            return "no checkpoint was written"
+        return f"{self.last} is the last checkpoint, unchanged (continue with --resume {self.last} once there is room)"
 
     def write_summary(self, summary: dict) -> None:
         if self.main:
@@ -142,7 +197,8 @@ class RunDir:
     def write_unreadable(self, files: list[str]) -> Path | None:
         path = self.out / "unreadable.txt"
         if self.main and files:
-            path.write_text("\n".join(files) + "\n")
+            text = "\n".join(files) + "\n"
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
             return path
         return None
 

@@ -33,7 +33,8 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig, cache_dir
 from ..run.distributed import Dist
-from ..run.errors import UserError
+from ..run.errors import DiskFull, UserError, full_errno
+from ..run.jsonio import atomic_write
 from .imagenet import FlatFolder, val_labels
 from .loaders import FolderLoader, InMemoryLoader, ShardedBatches, Split
 from .store import is_packed, packed_split
@@ -96,6 +97,9 @@ def _materialise(files: dict[str, Path]) -> Path:
             os.replace(tmp, target)
         except (OSError, EOFError) as e:
             os.unlink(tmp)
+            code = full_errno(e)
+            if code is not None:  # the cache's disk, not the file, is the problem
+                raise DiskFull(target, code, f"nothing was written (decompressing {path})") from e
             raise UserError(f"{path}: cannot read ({e})") from e
     return root
 
@@ -279,6 +283,7 @@ def write_samples(cfg: DataConfig, count: int, out: str | Path) -> list[Path]:
     for i in range(min(count, len(ds))):
         name = ds.classes[int(ds.targets[i])].replace("/", "-").replace(" ", "_")
         path = out / f"{i:05d}_{name}.png"
-        Image.fromarray(ds.data[i].numpy(), mode="L").save(path)
+        img = Image.fromarray(ds.data[i].numpy(), mode="L")
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
         paths.append(path)
     return paths

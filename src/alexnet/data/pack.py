@@ -29,11 +29,15 @@ it is complete. Every CHECKPOINT_IMAGES images the files are flushed to disk and
 OUT.partial/progress.json records how far they are valid, so a pack killed at any moment
 (SIGKILL too) and run again with the same command continues from there: the files are cut
 back to the recorded lengths, and since each image's bytes depend only on the image, the
-finished store is the one an uninterrupted pack writes, bit for bit.
+finished store is the one an uninterrupted pack writes, bit for bit. A write that finds no
+room (a full disk, `ulimit -f`, a quota) stops the pack with DiskFull, one line naming the
+file and the free space; the files are cut back to the last progress record first (which
+frees what was written since), so the same command continues once there is room.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,7 +52,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..run.errors import UserError
+from ..run.errors import DiskFull, UserError, full_errno
 from ..run.jsonio import to_json, write_json
 from .datasets import open_image, stored_transform
 from .sources import SPLITS, Sources, SourceSplit, find_sources, limited
@@ -125,7 +129,7 @@ class _SplitWriter:
 
     def __init__(self, tmp: Path, name: str, encoding: str, state: _SplitState) -> None:
         self.tmp, self.name, self.suffix, self.state = tmp, name, SUFFIX[encoding], state
-        self._cut_back()
+        _cut_back(tmp, name, self.suffix, state)
         self.labels = open(self._path("labels.i64"), "ab")
         self.lengths = open(self._path("lengths.i64"), "ab")
         self.sources = open(self._path("sources.txt"), "ab")
@@ -134,47 +138,39 @@ class _SplitWriter:
     def _path(self, what: str) -> Path:
         return self.tmp / f"{self.name}-{what}"
 
-    def _cut_back(self) -> None:
-        """Truncate every file to what progress.json says is valid; delete later shards."""
-        s = self.state
-        for what, size in (("labels.i64", 8 * s.count), ("lengths.i64", 8 * s.count), ("sources.txt", s.sources_bytes)):
-            with open(self._path(what), "ab") as f:
-                f.truncate(size)
-        known = {shard["file"]: shard["bytes"] for shard in s.shards}
-        for path in self.tmp.glob(f"{self.name}-*{self.suffix}"):
-            if path.name in known:
-                with open(path, "r+b") as f:
-                    f.truncate(known[path.name])
-            else:
-                path.unlink()
-
     def add(self, data: bytes, label: int, source: str) -> None:
         s = self.state
+        line = (source.replace("\n", " ") + "\n").encode()
         if self.shard is None or s.shards[-1]["bytes"] + len(data) > SHARD_BYTES:
             if self.shard is not None:
                 self.shard.close()
             s.shards.append({"file": f"{self.name}-{len(s.shards):05d}{self.suffix}", "count": 0, "bytes": 0})
             self.shard = open(self.tmp / s.shards[-1]["file"], "ab")
-        self.shard.write(data)
+        for f, content in (
+            (self.shard, data),
+            (self.labels, np.int64(label).tobytes()),
+            (self.lengths, np.int64(len(data)).tobytes()),
+            (self.sources, line),
+        ):
+            _guarded(f, f.write, content)
         s.shards[-1]["count"] += 1
         s.shards[-1]["bytes"] += len(data)
-        self.labels.write(np.int64(label).tobytes())
-        self.lengths.write(np.int64(len(data)).tobytes())
-        line = (source.replace("\n", " ") + "\n").encode()
-        self.sources.write(line)
         s.sources_bytes += len(line)
         s.count += 1
 
     def flush(self) -> None:
         for f in (self.shard, self.labels, self.lengths, self.sources):
             if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
+                _guarded(f, f.flush)
+                _guarded(f, os.fsync, f.fileno())
 
     def close(self) -> None:
+        """Close the files; what a failed write left in their buffers is dropped (the files
+        are cut back to progress.json's lengths before they are used again)."""
         for f in (self.shard, self.labels, self.lengths, self.sources):
             if f is not None:
-                f.close()
+                with contextlib.suppress(OSError):
+                    f.close()
 
     def finish(self) -> str:
         """The side files as the store keeps them (the appended ones stay until the manifest
@@ -187,6 +183,55 @@ class _SplitWriter:
         )
         digest = hashlib.sha1(self._path("sources.txt").read_bytes()).hexdigest()
         return f"{self.state.count}-{digest[:16]}"
+
+
+def _guarded(f: io.BufferedWriter, op: Callable, *args: object) -> None:
+    """op(*args) on `f`: a write that finds no room raises DiskFull naming f's file."""
+    try:
+        op(*args)
+    except OSError as e:
+        code = full_errno(e)
+        if code is None:
+            raise
+        raise DiskFull(f.name, code) from e
+
+
+def _cut_back(tmp: Path, name: str, suffix: str, s: _SplitState) -> None:
+    """Truncate a split's files to what `s` (progress.json) says is valid; delete later shards."""
+    for what, size in (("labels.i64", 8 * s.count), ("lengths.i64", 8 * s.count), ("sources.txt", s.sources_bytes)):
+        with open(tmp / f"{name}-{what}", "ab") as f:
+            f.truncate(size)
+    known = {shard["file"]: shard["bytes"] for shard in s.shards}
+    for path in tmp.glob(f"{name}-*{suffix}"):
+        if path.name in known:
+            with open(path, "r+b") as f:
+                f.truncate(known[path.name])
+        else:
+            path.unlink()
+
+
+def _no_room(tmp: Path, params: dict, e: BaseException, code: int) -> DiskFull:
+    """After a write that found no room: OUT.partial cut back to its last progress record
+    (freeing what was written since; all of it when there is none), as the error to raise."""
+    progress = tmp / PROGRESS
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, DiskFull):
+        cause = cause.__cause__ or cause.__context__
+    path = cause.path if cause is not None else tmp
+    if not progress.is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return DiskFull(
+            path,
+            code,
+            f"nothing was kept: {tmp} is removed (it records its progress every {CHECKPOINT_IMAGES:,} images)",
+        )
+    saved = json.loads(progress.read_text())["splits"]
+    for name in saved:
+        _cut_back(tmp, name, SUFFIX[params["format"]], _SplitState(**saved[name]))
+    for partial in tmp.glob("*.npy"):  # written again by the run that finishes
+        partial.unlink()
+    images = sum(state["count"] for state in saved.values())
+    return DiskFull(path, code, f"{tmp} keeps {images:,} images: run the same command again once there is room")
 
 
 def _complete(out_dir: Path, tmp: Path) -> None:
@@ -258,11 +303,17 @@ def pack(
     states = _start(tmp, params, log)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = cores if workers < 0 else workers  # the main process only appends bytes
-    for name in SPLITS:
-        split = limited(sources.splits[name], limit)
-        state = states.setdefault(name, _SplitState())
-        _pack_split(tmp, name, split, sources, state, params, states, workers, log)
-    return _finish(out_dir, tmp, params, sources, states, log)
+    try:
+        for name in SPLITS:
+            split = limited(sources.splits[name], limit)
+            state = states.setdefault(name, _SplitState())
+            _pack_split(tmp, name, split, sources, state, params, states, workers, log)
+        return _finish(out_dir, tmp, params, sources, states, log)
+    except Exception as e:
+        code = full_errno(e)
+        if code is None:
+            raise
+        raise _no_room(tmp, params, e, code) from e
 
 
 def _pack_split(

@@ -3,7 +3,9 @@ eigen-decomposition of the RGB covariance for PCA lighting (§4.1).
 
 The mean image is cached next to the data (DATA/.alexnet-mean-<resize>.safetensors) or,
 where that folder is read-only, in the run directory, keyed by a fingerprint of the file
-list so that a changed training set is noticed; checkpoints carry it too.
+list so that a changed training set is noticed; checkpoints carry it too. A cache that
+cannot be written in either place (read-only, or no room: a full disk) is not an error: the
+run warns in one line and goes on with the mean image it computed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig, cache_dir
 from ..run.distributed import Dist, all_sum, any_flag, broadcast_tensor, sum_tensor
+from ..run.errors import DiskFull
 from ..run.jsonio import atomic_write
 from .datasets import Split, is_fashion_mnist
 
@@ -76,15 +79,26 @@ def cached_mean_image(
     processes = f"; {d.world} processes, a share each" if d.enabled else ""
     log(f"alexnet: computing the mean image of {split.size:,} training images (once{processes})")
     image = mean_image(split, shape, device, d)
-    for path in paths if d.main else []:  # next to the data if writable, else the run directory
+    if d.main:
+        _write_cache(paths, image, split.fingerprint, log)
+    return image
+
+
+def _write_cache(paths: list[Path], image: torch.Tensor, fingerprint: str, log: Callable[[str], None]) -> None:
+    """The mean image to the first of `paths` that takes it (next to the data if writable,
+    else the run directory); where none does, a one-line warning."""
+    errors = []
+    for path in paths:
         try:
             atomic_write(
-                path, lambda tmp: save_file({"mean_image": image}, tmp, metadata={"fingerprint": split.fingerprint})
+                path,
+                lambda tmp: save_file({"mean_image": image}, tmp, metadata={"fingerprint": fingerprint}),
+                sweep=True,
             )
-            break
-        except OSError:
-            continue
-    return image
+            return
+        except (OSError, DiskFull) as e:
+            errors.append(str(e) if isinstance(e, DiskFull) else f"{path}: {e.strerror or e}")
+    log(f"alexnet: warning: the mean image is not cached ({'; '.join(errors)}); it is computed again next run")
 
 
 def rgb_pca(split: Split) -> tuple[list[float], list[list[float]]]:

@@ -1,6 +1,7 @@
 """The package's one JSON writer: RFC 8259 JSON, even when a number is NaN or infinite;
-and atomic_write, which every file the package writes (JSON, checkpoints, weights, PNGs)
-goes through.
+and atomic_write, which every file the package rewrites whole (JSON, checkpoints, weights,
+caches, PNGs) goes through. (Files that grow, metrics.csv and a pack's shards, are appended
+to and cut back to their last good length instead.)
 
 Python's json.dumps writes NaN, Infinity and -Infinity for non-finite floats, which no
 JSON standard allows: strict parsers (JavaScript's JSON.parse, jq, Go's encoding/json,
@@ -24,12 +25,15 @@ this misses raises ValueError instead of writing invalid JSON.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import DiskFull, full_errno
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -89,21 +93,42 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half."""
+def temporary_files(path: str | Path) -> list[Path]:
+    """The temporary files atomic_write makes for `path` (`.NAME.<random>.tmp` beside it):
+    any that exist when no write is under way were left by a killed writer."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def atomic_write(path: Path, write: Callable[[str], object], sweep: bool = False) -> None:
+    """write(tmp_path) then fsync and rename over `path`: a reader sees old or new, never half.
+
+    The temporary file is `.NAME.<random>.tmp` beside `path` (temporary_files finds those a
+    kill left). A write that fails removes it; one that finds no room (ENOSPC, EFBIG,
+    EDQUOT) raises DiskFull naming `path` and the free space, `path` left as it was.
+    `sweep`: once `path` is in place, remove the other temporary files of `path` (for files
+    that no other writer could be writing at that moment, or whose loss costs nothing:
+    a cache)."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        code = full_errno(e)
+        if code is not None:
+            kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+            raise DiskFull(path, code, kept) from e
         raise
+    for stale in temporary_files(path) if sweep else []:
+        stale.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -5,8 +5,12 @@ Why at run time: `-march=native` lets the compiler use what this CPU has (AVX-51
 NEON on Apple silicon), and a source file of plain C needs no torch headers, so it builds
 in about 0.3 s and does not depend on torch's C++ ABI (the same build serves torch 2.11
 and 2.14). The library is cached by a hash of the source, the compiler, its flags and the
-CPU, in config.cache_dir()/kernels. Without a compiler (or where it fails) the
-layer falls back to torch operations (lrn.py) and `kernel_status()` says why.
+CPU, in config.cache_dir()/kernels. Without a compiler (or where it fails, a full disk
+included: the compiler's own line says so) the layer falls back to torch operations
+(lrn.py) and `kernel_status()` says why, in the one line that says which LRN a run uses.
+A build writes `.lrn-<key>.so.<random>.tmp` (and `.o.tmp`) beside its target and removes
+them whatever happens; those a killed build left are removed by a later build of the key
+once they are older than any build can last (other processes may be building it now).
 
 Threads: on Linux the kernel is built with OpenMP and linked to the OpenMP runtime torch
 loaded, so it runs on torch's own threads (_openmp_runtime says why). Elsewhere ctypes,
@@ -15,6 +19,7 @@ which releases the GIL during a call, runs shares of the rows on Python threads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -26,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from ..config import cache_dir
+from .jsonio import temporary_files
 
 SOURCE = Path(__file__).with_name("lrn.c")
 # Flag sets tried in order; the first that builds is used. -march=native: this CPU's
@@ -47,6 +54,8 @@ FLAG_SETS = (
 # Below this many values a call runs on the calling thread: handing work to a thread costs
 # tens of microseconds, more than the kernel takes on a few images.
 PARALLEL_MIN_VALUES = 1 << 16
+BUILD_TIMEOUT_S = 120  # one compiler command
+STALE_BUILD_S = 2 * BUILD_TIMEOUT_S  # a build is two commands at most: older temporary files are a killed one's
 
 _lock = threading.Lock()
 # the build, once per process: "lib" and "flags" and "openmp", or "error"; the Python
@@ -91,9 +100,13 @@ def _compile(compiler: list[str], flags: tuple[str, ...], openmp: str | None, ta
     """Build lrn.c into `target` (atomically: processes may build at once); None, or the error.
     With `openmp` (a runtime's path), compile with -fopenmp and link to that file only."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    for stale in temporary_files(target):  # left by a killed build, not one under way
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_BUILD_S:
+                stale.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    obj = tmp[:-3] + ".o"
+    obj = tmp[: -len(".tmp")] + ".o.tmp"
     if openmp:  # two steps: `cc -fopenmp` would also link the system's runtime
         commands = [
             [*compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", obj],
@@ -103,7 +116,7 @@ def _compile(compiler: list[str], flags: tuple[str, ...], openmp: str | None, ta
         commands = [[*compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]]
     try:
         for command in commands:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if result.returncode != 0:
                 lines = (result.stderr or result.stdout).strip().splitlines()
                 return lines[0] if lines else f"{compiler[0]} exited with {result.returncode}"

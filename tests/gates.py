@@ -30,6 +30,7 @@ what a test checks never depends on how long anything took.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import selectors
@@ -117,7 +118,8 @@ def _install(gate: _Gate) -> None:
     def is_target(path) -> bool:
         return isinstance(path, (str, os.PathLike)) and Path(path).name == TARGET
 
-    def is_target_temp(path) -> bool:  # atomic_write's .last.pt.<random>.tmp
+    def is_target_temp(f) -> bool:  # atomic_write's .last.pt.<random>.tmp, or a file open on it
+        path = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
         if not isinstance(path, (str, os.PathLike)):
             return False
         name = Path(path).name
@@ -135,7 +137,7 @@ def _install(gate: _Gate) -> None:
         buffer = io.BytesIO()  # the same bytes torch.save writes, in two halves
         real_save(obj, buffer, *args, **kwargs)
         data = buffer.getvalue()
-        with open(f, "wb") as file:
+        with open(f, "wb") if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f) as file:
             file.write(data[: len(data) // 2])
             file.flush()
             gate.event("writing")

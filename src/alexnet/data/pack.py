@@ -226,8 +226,12 @@ def _no_room(tmp: Path, params: dict, e: BaseException, code: int) -> DiskFull:
             f"nothing was kept: {tmp} is removed (it records its progress every {CHECKPOINT_IMAGES:,} images)",
         )
     saved = json.loads(progress.read_text())["splits"]
-    for name in saved:
-        _cut_back(tmp, name, SUFFIX[params["format"]], _SplitState(**saved[name]))
+    for name in SPLITS:
+        if name in saved:
+            _cut_back(tmp, name, SUFFIX[params["format"]], _SplitState(**saved[name]))
+        else:  # begun after the last record
+            for path in tmp.glob(f"{name}-*"):
+                path.unlink()
     for partial in tmp.glob("*.npy"):  # written again by the run that finishes
         partial.unlink()
     images = sum(state["count"] for state in saved.values())

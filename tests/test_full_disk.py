@@ -33,7 +33,7 @@ from alexnet.core.model import AlexNet
 from alexnet.core.recipes import resolve
 from alexnet.core.rundir import RunDir, _append, read_metrics
 from alexnet.run.errors import DiskFull, full_errno
-from alexnet.run.jsonio import atomic_write, temporary_files, write_json
+from alexnet.run.jsonio import temporary_files, write_json
 from tiny import tiny_train_argv
 
 # ----------------------------------------------------------------------------- the faults
@@ -135,7 +135,12 @@ def state(fashion_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("state")
     cfg = resolve("fashion-mnist", {"name": None, "width": 0.25}, {"data_dir": fashion_dir}, {"out": str(out)})
     torch.manual_seed(0)
-    return {"config": cfg.to_dict(), "model": AlexNet(cfg.model).state_dict(), "epoch": 1, "classes": list("0123456789")}
+    return {
+        "config": cfg.to_dict(),
+        "model": AlexNet(cfg.model).state_dict(),
+        "epoch": 1,
+        "classes": list("0123456789"),
+    }
 
 
 def _weights(state: dict, path: Path, seed: int) -> None:
@@ -369,9 +374,7 @@ def test_training_under_ulimit_f_stops_in_one_line_and_resumes(fashion_dir, tmp_
     before = last.read_bytes()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "alexnet", *map(str, argv), "--epochs", "2", "--resume", str(last)]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, env=env, preexec_fn=_limited(len(before) // 2)
-    )
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, preexec_fn=_limited(len(before) // 2))
     assert "Traceback" not in r.stderr and r.returncode == 2, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("alexnet: error:")]
     assert len(errors) == 1, r.stderr[-3000:]

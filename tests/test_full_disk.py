@@ -297,6 +297,21 @@ def test_caches_that_find_no_room_warn_in_one_line_and_go_on(tmp_path):
     no_temporary_files(tmp_path)
 
 
+def test_tensorboard_that_finds_no_room_warns_once_and_stops_writing(tmp_path):
+    from alexnet.run.tblog import TensorBoard
+
+    pytest.importorskip("tensorboard")
+    logged = []
+    board = TensorBoard(tmp_path, log=logged.append)
+    model = AlexNet(RunConfig().model)
+    with file_size_limit(200):  # conv1's kernels as an image are larger
+        for epoch in (1, 2):
+            board.epoch({"epoch": epoch, "train_loss": 1.0}, model)
+    board.close()
+    assert board.writer is None and len(logged) == 1
+    assert logged[0].startswith(f"alexnet: warning: {tmp_path / 'tensorboard'}: not written any more (File too large")
+
+
 def test_a_copied_run_that_finds_no_room_is_not_left_half_copied(tmp_path):
     from alexnet.apps.experiments import _copy_run
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.recipes import resolve
-from ..core.rundir import read_metrics
 from ..run.errors import UserError
 from ..run.jsonio import write_json
 
@@ -157,6 +156,7 @@ def run(
     `trained` (run_key -> run folder), shared between calls, makes a run that an earlier
     call trained be reused instead of trained again (`alexnet experiment all`); the runs
     this call trains are added to it."""
+    from ..core.rundir import read_metrics  # torch: imported here, so that the parser lists EXPERIMENTS without it
     from ..core.train import train
 
     train_fn = train_fn or train

@@ -239,6 +239,7 @@ print(json.dumps({"codes": codes, "heavy": heavy}), file=sys.stderr)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter: this one has imported torch already
 def test_help_of_every_command_imports_no_torch():
     """The parser is built and every help printed before torch is imported (the 4 s it
     takes to import): options, recipe defaults and command names come from torch-free

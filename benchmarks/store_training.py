@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from alexnet.config import DataConfig  # noqa: E402
 from alexnet.core.recipes import resolve  # noqa: E402
 from alexnet.core.train import train as run  # noqa: E402
-from alexnet.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist  # noqa: E402
+from alexnet.data.datasets import fashion_mnist  # noqa: E402
+from alexnet.data.fashion import FASHION_MNIST_MEAN, FASHION_MNIST_STD  # noqa: E402
 from alexnet.data.pack import pack  # noqa: E402
 from pipeline import cpu_model  # noqa: E402
 

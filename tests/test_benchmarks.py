@@ -95,3 +95,17 @@ def test_gpu_script_without_cuda_or_data_skips_and_says_why(tmp_path):
     assert "lrn.py" in summary and "not in ONLY" in summary
     if not __import__("torch").cuda.is_available():
         assert "speed.py small" in summary and "no CUDA" in summary
+
+
+def test_cli_script():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cli.py"), "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {line.split("  ")[0] for line in r.stdout.splitlines()}
+    assert {"python -c pass", "alexnet --help (this checkout)", "alexnet train --help (this checkout)"} <= rows

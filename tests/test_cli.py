@@ -221,6 +221,36 @@ def test_tensorboard_is_optional(monkeypatch, tmp_path):
     assert not (tmp_path / "tensorboard").exists()
 
 
+# Runs in a fresh interpreter: `alexnet --help` and every `alexnet COMMAND --help`, then
+# reports the modules of torch and torchvision that were imported (there must be none).
+HELP_WITHOUT_TORCH = """
+import json, sys
+import alexnet
+from alexnet.apps.cli import build_parser, main
+commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+codes = {}
+for argv in [[], *([c] for c in commands)]:
+    try:
+        main([*argv, "--help"])
+    except SystemExit as e:
+        codes[" ".join(argv)] = e.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print(json.dumps({"codes": codes, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter: this one has imported torch already
+def test_help_of_every_command_imports_no_torch():
+    """The parser is built and every help printed before torch is imported (the 4 s it
+    takes to import): options, recipe defaults and command names come from torch-free
+    modules, and each command imports its work when it runs."""
+    r = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, check=True)
+    report = json.loads(r.stderr.strip().splitlines()[-1])
+    assert len(report["codes"]) > 10 and set(report["codes"].values()) == {0}, report["codes"]
+    assert "train" in report["codes"] and "usage: alexnet train" in r.stdout
+    assert report["heavy"] == [], f"printing help imported {report['heavy'][:5]}"
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

@@ -112,6 +112,18 @@ def test_bad_option_is_an_error():
         build_model("vgg")
 
 
+def test_the_package_exports_the_model_on_first_use():
+    """`import alexnet` imports no torch (test_cli.py); its torch names resolve when used."""
+    import alexnet
+    from alexnet.core import lrn, model
+
+    assert alexnet.build_model is model.build_model and alexnet.AlexNet is model.AlexNet
+    assert alexnet.LocalResponseNorm is lrn.LocalResponseNorm
+    assert set(alexnet.__all__) <= set(dir(alexnet)) | set(alexnet._WITH_TORCH)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        alexnet.no_such_name  # noqa: B018
+
+
 def test_paper_init_statistics():
     torch.manual_seed(0)
     m = build_model("paper").requires_grad_(False)

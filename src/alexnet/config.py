@@ -3,7 +3,7 @@ a run trains (TrainConfig); RunConfig holds the three and what the run decided.
 
 Frozen dataclasses. Checkpoints carry them as plain dicts, so a checkpoint alone rebuilds
 its model (nanoGPT style). Each field's default and its help text (field metadata, which
-the command line shows: cli.py derives `alexnet train`'s options from these fields) cite
+the command line shows: apps/options.py derives `alexnet train`'s options from these fields) cite
 the paper's section (docs/PAPER.md); departures say so. The recipes (recipes.py) set other
 defaults on top; `alexnet train --help` shows each recipe's.
 """
@@ -49,7 +49,7 @@ IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 def option(default: Any, help: str, cli: bool = True, **argparse_kw: Any) -> Any:
     """A config field with its help text; cli=False: not a command-line option (set by the
-    data, the recipe or another option). argparse_kw (choices, metavar, flag) go to cli.py."""
+    data, the recipe or another option). argparse_kw (choices, metavar, flag) go to apps/options.py."""
     return field(default=default, metadata={"help": help, "cli": cli, **argparse_kw})
 
 
@@ -76,7 +76,7 @@ class _Dictable:
 class ModelConfig(_Dictable):
     name: str = option(
         "paper",
-        "variant: paper (§3.5), paper-ungrouped, owt (torchvision's), small (28x28 inputs); model.ARCHITECTURES",
+        "variant: paper (§3.5), paper-ungrouped, owt (torchvision's), small (28x28 inputs); variants.ARCHITECTURES",
         flag="--model",
     )
     num_classes: int = option(1000, "fc8 outputs: the 1000 ILSVRC classes (§2); training takes the data's", cli=False)
@@ -170,7 +170,7 @@ class DataConfig(_Dictable):
     limit_train: int | None = option(None, "read only this many training images (a fixed subset)", metavar="N")
     limit_val: int | None = option(None, "read only this many validation images", metavar="N")
     strict: bool = option(
-        False, "stop at the first unreadable training file (default: skip it and list it in unreadable.txt)"
+        False, "stop at the first unreadable training file (--no-strict: skip it and list it in unreadable.txt)"
     )
 
     @property

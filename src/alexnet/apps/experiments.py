@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.recipes import resolve
-from ..core.rundir import read_metrics
 from ..run.errors import FULL_ERRNOS, DiskFull, UserError, full_errno
 from ..run.jsonio import atomic_write, write_json
 
@@ -177,6 +176,7 @@ def run(
     `trained` (run_key -> run folder), shared between calls, makes a run that an earlier
     call trained be reused instead of trained again (`alexnet experiment all`); the runs
     this call trains are added to it."""
+    from ..core.rundir import read_metrics  # torch: imported here, so that the parser lists EXPERIMENTS without it
     from ..core.train import train
 
     train_fn = train_fn or train

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..core.rundir import REQUIRED_FIELDS
-from ..core.rundir import read_metrics as read_rows
+from ..core.rundir import REQUIRED_FIELDS, read_metrics
 from ..run.errors import UserError
 from ..run.tblog import normalise_kernels as normalise_kernels
 from .inspection import FilterGrid as FilterGrid
@@ -287,15 +286,16 @@ def draw_neighbors(q_images: torch.Tensor, nn_images: list[torch.Tensor], rows: 
 METRIC_COLUMNS = REQUIRED_FIELDS  # what every metrics.csv has: epoch, lr, losses, accuracies
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """The columns of RUN_DIR/metrics.csv that plot draws, as floats (blank: NaN)."""
-    rows = read_rows(run_dir)
+def metric_columns(run_dir: str | Path) -> dict[str, list[float]]:
+    """The columns of RUN_DIR/metrics.csv that plot draws, as floats (blank: NaN): the rows
+    of rundir.read_metrics, turned into columns."""
+    rows = read_metrics(run_dir)
     return {c: [row[c] for row in rows] for c in METRIC_COLUMNS}
 
 
 def draw_curves(run_dir: str | Path, out: str | Path | None = None) -> dict:
     """Loss, top-1 accuracy (train and validation) and learning rate against epochs."""
-    m = read_metrics(run_dir)
+    m = metric_columns(run_dir)
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig = _figure(PLOT_FIGSIZE)
     axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3, "left": 0.05, "right": 0.98, "bottom": 0.13, "top": 0.88})

@@ -29,13 +29,13 @@ Other variants:
   smaller. The default for Fashion-MNIST.
 
 Every variant takes the options of ModelConfig (activation, lrn, groups, pooling,
-dropout, width, in_channels, num_classes, input_size, init).
+dropout, dropout_placement, width, in_channels, num_classes, input_size, init). The
+variants' layer tables live in variants.py, which needs no torch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,79 +43,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from .lrn import LocalResponseNorm
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    channels: int  # output channels at width 1.0
-    kernel: int
-    stride: int
-    padding: int
-    groups: int  # 2 = the paper's two-GPU split (§3.2)
-    lrn: bool  # LRN after the ReLU (§3.3), when the model's `lrn` option is on
-    pool: bool  # max-pool after (§3.4)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    convs: tuple[ConvSpec, ...]
-    hidden: tuple[int, ...]  # fc6, fc7 widths at width 1.0
-    adaptive_pool: int | None  # torchvision's AdaptiveAvgPool2d size; None = no pooling
-    defaults: dict  # ModelConfig fields this variant sets differently
-
-
-_PAPER_CONVS = (  # §3.5, Figure 2
-    ConvSpec(96, 11, 4, 0, 1, lrn=True, pool=True),
-    ConvSpec(256, 5, 1, 2, 2, lrn=True, pool=True),
-    ConvSpec(384, 3, 1, 1, 1, lrn=False, pool=False),
-    ConvSpec(384, 3, 1, 1, 2, lrn=False, pool=False),
-    ConvSpec(256, 3, 1, 1, 2, lrn=False, pool=True),
-)
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "paper": Architecture(_PAPER_CONVS, (4096, 4096), None, {}),
-    "paper-ungrouped": Architecture(_PAPER_CONVS, (4096, 4096), None, {"groups": False}),
-    # torchvision/models/alexnet.py ("One weird trick", Krizhevsky 2014)
-    "owt": Architecture(
-        (
-            ConvSpec(64, 11, 4, 2, 1, lrn=False, pool=True),
-            ConvSpec(192, 5, 1, 2, 1, lrn=False, pool=True),
-            ConvSpec(384, 3, 1, 1, 1, lrn=False, pool=False),
-            ConvSpec(256, 3, 1, 1, 1, lrn=False, pool=False),
-            ConvSpec(256, 3, 1, 1, 1, lrn=False, pool=True),
-        ),
-        (4096, 4096),
-        6,
-        {"input_size": 224, "lrn": False, "dropout_placement": "input", "init": "torch"},
-    ),
-    # The paper's topology for 28..64 pixel inputs: 28 -> 24 -> pool 11 -> pool 5 -> pool 2.
-    # conv1 is unpadded like the paper's; its LRN on the 24x24 maps is the costliest layer.
-    # Widths: those that reach the best Fashion-MNIST accuracy in five CPU minutes
-    # (docs/BENCHMARKS.md); about 3/8 of the paper's convolutions and 3/16 of its fc.
-    "small": Architecture(
-        (
-            ConvSpec(36, 5, 1, 0, 1, lrn=True, pool=True),
-            ConvSpec(96, 5, 1, 2, 2, lrn=True, pool=True),
-            ConvSpec(144, 3, 1, 1, 1, lrn=False, pool=False),
-            ConvSpec(144, 3, 1, 1, 2, lrn=False, pool=False),
-            ConvSpec(96, 3, 1, 1, 2, lrn=False, pool=True),
-        ),
-        (768, 768),
-        None,
-        {"input_size": 28, "in_channels": 1, "num_classes": 10},
-    ),
-}
+from .variants import ARCHITECTURES, model_config
 
 # §3.4: overlapping pooling z=3, s=2; the "traditional" comparison z=s=2.
 POOL_WINDOW = {"overlap": (3, 2), "nonoverlap": (2, 2)}
 ACTIVATION = {"relu": lambda: nn.ReLU(inplace=True), "tanh": nn.Tanh}
-
-
-def model_config(name: str, **options: Any) -> ModelConfig:
-    """The resolved ModelConfig of variant `name` with `options` applied on top."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(ARCHITECTURES)}")
-    return ModelConfig(name=name, **{**ARCHITECTURES[name].defaults, **options})
 
 
 def _scaled(channels: int, width: float, multiple: int) -> int:
@@ -160,7 +92,6 @@ class AlexNet(nn.Module):
         else:
             self.avgpool = nn.AdaptiveAvgPool2d((arch.adaptive_pool, arch.adaptive_pool))
             size = arch.adaptive_pool
-        self.feature_shape = (channels, size, size)
 
         fc: list[nn.Module] = []
         fan_in = channels * size * size

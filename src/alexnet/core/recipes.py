@@ -27,10 +27,10 @@ import dataclasses
 import math
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from ..data.datasets import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, is_fashion_mnist
+from ..data.fashion import FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD, is_fashion_mnist
 from ..run.errors import UserError
 from ..run.health import FLAT_STEPS
-from .model import model_config
+from .variants import model_config
 
 
 @dataclasses.dataclass(frozen=True)

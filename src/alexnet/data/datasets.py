@@ -35,11 +35,11 @@ from ..config import DataConfig, cache_dir
 from ..run.distributed import Dist
 from ..run.errors import DiskFull, UserError, full_errno
 from ..run.jsonio import atomic_write
+from .fashion import is_fashion_mnist
 from .imagenet import FlatFolder, val_labels
 from .loaders import FolderLoader, InMemoryLoader, ShardedBatches, Split
 from .store import is_packed, packed_split
 
-FASHION_MNIST = "fashion-mnist"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -52,8 +52,6 @@ FASHION_MNIST_HELP = (
     "dataset-fashion-mnist), pass --data-dir DIR with the four *-ubyte(.gz) files, "
     "or pass --download to let torchvision fetch it"
 )
-# Fashion-MNIST's training-set pixel mean and std in 0..255 units.
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (72.94,), (90.02,)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -239,10 +237,6 @@ def folder_split(
     loader = FolderLoader(ds, batches, cfg.workers, strict)
     digest = hashlib.sha1("\n".join(os.path.relpath(p, split_dir) for p in paths).encode()).hexdigest()
     return Split(loader, classes, len(ds), fingerprint=f"{len(paths)}-{digest[:16]}")
-
-
-def is_fashion_mnist(cfg: DataConfig) -> bool:
-    return cfg.name == FASHION_MNIST
 
 
 def load_split(

@@ -8,7 +8,7 @@ mirrors and lighting happen on the device (augment.py). Three loaders implement 
   memory-mapped images (store.py): one gather per batch, in the training process;
 - DecodingLoader: a JPEG store's images (store.py): DataLoader workers decode a whole
   batch each;
-- FolderLoader: a DataLoader over image files (data.py decodes them) that skips
+- FolderLoader: a DataLoader over image files (datasets.py decodes them) that skips
   unreadable files and lists them.
 """
 

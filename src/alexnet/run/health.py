@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the recipes read FLAT_STEPS without it
+    import torch
 
 NON_FINITE = "non_finite"
 EXPLODING = "exploding"
@@ -97,6 +99,8 @@ def gradient_probe(model: torch.nn.Module) -> tuple[list[str], torch.Tensor]:
     """The conv/linear layers that have a weight gradient, and a float64 tensor on their
     device with 1 where that gradient is exactly zero everywhere, else 0 (no host sync: the
     caller reads it with whatever else it syncs)."""
+    import torch
+
     names, zero = [], []
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):

@@ -23,11 +23,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .runtime import grad_scaler
+
+if TYPE_CHECKING:  # torch is imported where it is used: the command line parses --budget without it
+    import torch
 
 # bf16 must be at least this much faster than fp32 to be chosen: it rounds more, and a
 # smaller gain is within the noise of a few timed steps on a shared machine.
@@ -90,6 +91,8 @@ def choose_precision(
         return Precision(requested, "as asked")
     where = "this CPU"
     if device.type == "cuda":
+        import torch
+
         native = cuda_precision(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
         if native.amp != "bf16":  # an older card: fp16 with a loss scaler, not timed
             return native
@@ -138,6 +141,9 @@ def training_step_timer(
     """measure(candidates) for choose_precision and plan_budget: real training steps
     (`step(model, optimizer, scaler, images, labels, amp)`) on copies of the model and its
     optimiser, with a real batch, so the run's own weights and random streams are untouched."""
+    import torch
+
+    from .runtime import grad_scaler
 
     def measure(candidates: list[str]) -> dict[str, float]:
         fns = {}

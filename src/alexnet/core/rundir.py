@@ -129,11 +129,13 @@ class RunDir:
             self.board.epoch(row, model)
 
     def save(self, state: dict, best: bool = False) -> None:
-        """A training checkpoint as last.pt (and best.pt), atomically."""
+        """A training checkpoint as last.pt (and best.pt), atomically. best.pt first: last.pt
+        is where a resumed run continues, so a kill between the two writes repeats the epoch
+        (and rewrites best.pt) rather than leave its best weights unsaved for good."""
         if self.main:
-            save_checkpoint(self.last, state)
             if best:
                 save_checkpoint(self.best, state)
+            save_checkpoint(self.last, state)
 
     def write_summary(self, summary: dict) -> None:
         if self.main:

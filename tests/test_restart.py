@@ -20,6 +20,7 @@ best.pt's weights equal to the uninterrupted job's, and metrics.csv with one row
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,9 @@ def _torchrun(entry: list) -> list:
 
 
 def _train_argv(fashion_dir, out: Path) -> list:
-    extra = ["--epochs", EPOCHS, "--batch-size", 64, "--val-every", 1, "--workers", 0]
+    # --lrn-kernel auto would be decided by timing each job's first start (a restart keeps its
+    # checkpoint's): on a busy machine the two jobs could choose differently, and round differently
+    extra = ["--epochs", EPOCHS, "--batch-size", 64, "--val-every", 1, "--workers", 0, "--lrn-kernel", "torch"]
     return [*tiny_train_argv(fashion_dir, 256, 64, *extra), "--out", out, "--resume", "auto"]
 
 
@@ -142,3 +145,30 @@ def test_a_restarted_job_ends_with_the_weights_of_an_uninterrupted_one(straight,
     assert not any(torch.equal(last["model"][k], left["model"][k]) for k in last["model"] if "weight" in k)
     with open(out / "metrics.csv", newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.slow  # a torchrun job
+def test_processes_that_do_not_all_see_the_checkpoint_are_refused(straight, fashion_dir, tmp_path):
+    """On several nodes with a node-local --out, rank 0 would resume and the others start
+    anew (their replicas would drift apart: other momenta, epochs, learning rates). Here rank
+    1 is given another --out, as if its node did not see rank 0's: every process refuses to
+    start, and the checkpoint is left as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    before = (out / "last.pt").read_bytes()
+    script = tmp_path / "elsewhere.py"
+    script.write_text(
+        "import os, sys\n"
+        "from alexnet.apps.cli import main\n"
+        "argv = sys.argv[1:]\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    argv[argv.index('--out') + 1] += '-elsewhere'\n"
+        "sys.exit(main(argv))\n"
+    )
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script]
+    argv += _train_argv(fashion_dir, out)
+    r = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=gates.DEADLINE, env=_env())
+    assert r.returncode != 0
+    refusal = "alexnet: error: --resume auto: the processes of this job did not start from the same checkpoint"
+    assert refusal in r.stdout + r.stderr, r.stderr[-3000:]
+    assert (out / "last.pt").read_bytes() == before

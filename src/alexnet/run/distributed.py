@@ -115,6 +115,17 @@ def broadcast_tensor(t: torch.Tensor | None, shape: tuple[int, ...], device: tor
     return on.cpu()
 
 
+def same_everywhere(values: list[float], device: torch.device, d: Dist) -> bool:
+    """Whether every process holds the same `values` (one all-reduce: the maximum of each
+    value and of its negative, the minimum, must meet)."""
+    if not d.enabled:
+        return True
+    t = torch.tensor(values + [-v for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    highest, lowest = t[: len(values)], -t[len(values) :]
+    return bool(torch.equal(highest, lowest))
+
+
 def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:
     """True on every process if it is true on any (e.g. a stop signal reached one of them)."""
     if not d.enabled:

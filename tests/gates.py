@@ -14,8 +14,9 @@ The child is `python tests/gates.py GATE ARGV...`: alexnet.apps.cli.main(ARGV) i
 with hooks that only watch (the same code runs on the same data and writes the same bytes).
 GATE is a comma-separated sequence of events `kind[:n]` (n defaults to 1), passed in order:
 each counts from the moment the one before it was passed, and when the last one has
-happened n times, the run writes `gate closed: GATE` on stdout and waits for a line on
-stdin. Events:
+happened n times, the run writes `gate closed: GATE (pid PID)` on stdout and waits for a
+line on stdin (gate_pid reads PID from it: under torchrun the gated process is a worker, not
+the process the test started). Events:
 
     loaded    torch.load of a file named last.pt returned (a resumed run has read it)
     step      an optimiser step finished (any torch.optim optimiser)
@@ -23,6 +24,10 @@ stdin. Events:
               other half not yet (a checkpoint being written)
     written   last.pt's temp file is complete and fsynced, not yet renamed over last.pt
     replaced  the rename over last.pt returned (a checkpoint was just saved)
+
+A torchrun job that restarts its workers (--max-restarts) starts this script again with the
+same GATE: `A/B/C` gives its first start gate A, the first restart B, the second C (and any
+later one C; torchrun says which start it is in TORCHELASTIC_RESTART_COUNT, 0 outside it).
 
 Only the waiting for a condition has a deadline (DEADLINE), as a safety net against a hang;
 what a test checks never depends on how long anything took.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -77,6 +83,11 @@ def wait_for_gate(proc: subprocess.Popen, marker: bytes = CLOSED, deadline: floa
     return out.decode()
 
 
+def gate_pid(printed: str) -> int:
+    """The process id in the last `gate closed` line of `printed` (wait_for_gate's return)."""
+    return int(re.findall(r"gate closed: .* \(pid (\d+)\)", printed)[-1])
+
+
 def release(proc: subprocess.Popen) -> None:
     """Let a paused run go on."""
     proc.stdin.write(b"go\n")
@@ -103,7 +114,7 @@ class _Gate:
             self.stages.pop(0)
             if not self.stages:
                 sys.stdout.flush()
-                os.write(1, CLOSED + self.spec.encode() + b"\n")
+                os.write(1, CLOSED + f"{self.spec} (pid {os.getpid()})\n".encode())
                 sys.stdin.readline()  # until the test says go (or kills this process)
 
 
@@ -153,8 +164,14 @@ def _install(gate: _Gate) -> None:
     torch.load, torch.save, os.replace = load, save, replace
 
 
+def _this_start(gate: str) -> str:
+    """The gate of this start of a torchrun job (`A/B/C`: see above)."""
+    gates = gate.split("/")
+    return gates[min(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), len(gates) - 1)]
+
+
 if __name__ == "__main__":
-    _install(_Gate(sys.argv[1]))
+    _install(_Gate(_this_start(sys.argv[1])))
     from alexnet.apps.cli import main
 
     sys.exit(main(sys.argv[2:]))

@@ -133,7 +133,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(fashion_dir, tmp_pat
     epoch = _check_after_kill(out, epoch)
     report.append(("resume, start-up", epoch))
 
-    # 3. a resumed run just after it replaced last.pt (best.pt and metrics come next)
+    # 3. a resumed run just after it replaced last.pt (the epoch's last checkpoint write)
     _kill(_run_to("replaced", fashion_dir, out, log, resume=True))
     epoch = _check_after_kill(out, epoch + 1)
     assert epoch == 2

@@ -174,15 +174,17 @@ class RunDir:
             self.board.epoch(row, model)
 
     def save(self, state: dict, best: bool = False) -> None:
-        """A training checkpoint as last.pt (and best.pt), atomically. Without room, DiskFull
-        says which checkpoint the run can be resumed from."""
+        """A training checkpoint as last.pt (and best.pt), atomically. best.pt first: last.pt
+        is where a resumed run continues, so a kill between the two writes repeats the epoch
+        (and rewrites best.pt) rather than leave its best weights unsaved for good. Without
+        room, DiskFull says which checkpoint the run can be resumed from."""
         if not self.main:
             return
-        for path in (self.last, self.best) if best else (self.last,):
+        for path in (self.best, self.last) if best else (self.last,):
             try:
                 save_checkpoint(path, state)
             except DiskFull as e:
-                raise e.keeping(self._resume() if path == self.last else f"{self.last} was saved") from e
+                raise e.keeping(self._resume()) from e
 
     def _resume(self) -> str:
         """What a run stopped by a full disk leaves to resume from."""

@@ -170,6 +170,12 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None and "optimizer" not in ckpt:
         raise UserError(f"{resume}: weights only; resuming needs a training checkpoint (last.pt)")
+    start = [ckpt["epoch"], ckpt.get("step_in_epoch", 0)] if ckpt is not None else [-1, -1]
+    if not distributed.same_everywhere([float(v) for v in start], device, d):  # the first collective
+        raise UserError(
+            f"--resume {cfg.train.resume}: the processes of this job did not start from the same checkpoint "
+            "(on several nodes, --out and the checkpoint must be on a filesystem that all of them see)"
+        )
     cfg = _model_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=resume)), ckpt)
     source = None
     if ckpt is None and cfg.train.init_from:  # fine-tuning (a resumed fine-tune has its own weights)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +58,28 @@ def init(device_name: str) -> tuple[Dist, str]:
         device_name = f"cuda:{local_rank}"
     elif device_name == "auto":
         device_name = "cpu"
+    hazard = restart_hazard()
+    if rank == 0 and hazard:  # on stderr: a --json result on stdout stays JSON
+        print(f"alexnet: warning: {hazard}", file=sys.stderr, flush=True)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
     return Dist(rank, world, local_rank), device_name
+
+
+def restart_hazard(environ: Mapping[str, str] = os.environ) -> str | None:
+    """A warning for a torchrun job that may restart its workers (--max-restarts) while it
+    shares its rendezvous store with them (the default since torch 2.5): the store keeps what
+    the killed workers published, and a restarted worker can read its predecessor's address
+    and fail to connect (seen here with gloo on torch 2.14: the restart failed in
+    init_process_group; the same symptom with NCCL is pytorch/pytorch#167288). torch's own
+    switch avoids it. None when it does not apply."""
+    shared = environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if not shared or int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) < 1:
+        return None
+    return (
+        "torchrun --max-restarts with its rendezvous store shared with the workers: a restart can "
+        "fail to connect (docs/SCALING.md, Restarts); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun"
+    )
 
 
 def shutdown() -> None:
@@ -92,6 +113,17 @@ def broadcast_tensor(t: torch.Tensor | None, shape: tuple[int, ...], device: tor
     on = t.to(device, torch.float32) if d.main and t is not None else torch.empty(shape, device=device)
     dist.broadcast(on, src=0)
     return on.cpu()
+
+
+def same_everywhere(values: list[float], device: torch.device, d: Dist) -> bool:
+    """Whether every process holds the same `values` (one all-reduce: the maximum of each
+    value and of its negative, the minimum, must meet)."""
+    if not d.enabled:
+        return True
+    t = torch.tensor(values + [-v for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    highest, lowest = t[: len(values)], -t[len(values) :]
+    return bool(torch.equal(highest, lowest))
 
 
 def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:

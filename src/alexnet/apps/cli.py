@@ -20,6 +20,7 @@ from ..core.recipes import RECIPE_DATA, RECIPES, resolve
 from ..run.errors import Stopped, UserError
 from ..run.jsonio import to_json, write_json
 from ..run.plan import format_seconds, parse_budget
+from .admission import MAX_WAIT
 
 EVAL_VIEWS = {1: "centre patch", 2: "centre patch and its mirror", 10: "10 patches"}
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -371,7 +372,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    serve(args.target, args.host, args.port, args.device)
+    serve(args.target, args.host, args.port, args.device, args.max_wait)
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -588,6 +589,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="0: a free port (the printed URL says which)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=MAX_WAIT,
+        metavar="SECONDS",
+        help="the longest a request may be expected to wait for the model; a longer wait is answered 503 "
+        "with Retry-After (README: The JSON API)",
+    )
     p.set_defaults(func=cmd_serve)
 
 

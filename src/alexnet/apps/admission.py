@@ -66,7 +66,7 @@ class Busy(Exception):
         """The expected wait is over the bound."""
         retry = max(1, math.ceil(wait - bound))
         return cls(
-            f"busy: the model is expected to be free in {wait:.1f} s, more than the {bound:g} s a request may wait; "
+            f"busy: the model is expected to be free in {wait:.2f} s, more than the {bound:g} s a request may wait; "
             f"try again in {retry} s",
             retry,
         )
@@ -226,8 +226,8 @@ class _Turn:
 
 
 class Uploads:
-    """Bytes of request bodies in memory at once (being read, or waiting to be decoded):
-    at most `limit`; a request that would pass it is Busy before its body is read."""
+    """Bytes of uploads in memory at once (bodies being read, decoded images waiting for
+    the model or in it): at most `limit`; a request that would pass it is Busy."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
@@ -236,7 +236,7 @@ class Uploads:
     def take(self, n: int) -> None:
         with self._lock:
             if self.held + n > self.limit:
-                raise Busy(f"busy: {self.held:,} bytes of uploads are being read; try again", 1)
+                raise Busy(f"busy: {self.held:,} bytes of uploads are in memory already; try again", 1)
             self.held += n
 
     def give(self, n: int) -> None:

@@ -14,7 +14,8 @@ input and many requests:
 - a request's body is read whole, and decoded, before it joins the model's queue: a slow
   client holds a thread, never the model, and is bounded by the socket timeouts (silence
   of SOCKET_TIMEOUT seconds; a body slower than MIN_UPLOAD_RATE bytes a second); at most
-  MAX_UPLOADS bytes of bodies are in memory at once (one more: 503 before it is read);
+  MAX_UPLOADS bytes of uploads are in memory at once, as bodies or decoded images (one
+  more: 503, before its body is read), and DECODERS are decoded at once;
 - a request whose client disconnects while it waits for the model is dropped before it
   runs (a client that half-closes its connection is taken as gone);
 - every error is JSON {"error": "one line"}: 400 for what data.load_image refuses or a bad
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import select
 import signal
 import socket
 import sys
@@ -57,9 +57,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upload: a 24-megapixel JPEG is 5-12 MB
-MAX_UPLOADS = 8 * MAX_BODY  # bytes of uploads in memory at once (being read, not yet decoded)
+MAX_UPLOADS = 8 * MAX_BODY  # bytes of uploads in memory at once: bodies being read, decoded images
 SOCKET_TIMEOUT = 30.0  # seconds a connection may stay silent (request line, headers, body)
 MIN_UPLOAD_RATE = 64 * 1024  # bytes a second: a body may take SOCKET_TIMEOUT + its size / this
+DECODERS = 2  # uploads decoded at once: more would take the cores (and the GIL) from the model
 MAX_DRAIN = 4 * MAX_BODY  # bytes of an unread body swallowed after an error response
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -265,11 +266,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _gone(self) -> bool:
         """Whether the client closed its connection while its request waits (a client that
-        half-closes it after its request is taken as gone too)."""
+        half-closes it after its request is taken as gone too): a look without waiting."""
+        conn = self.connection
+        timeout = conn.gettimeout()
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
-        except (OSError, ValueError):
+            conn.settimeout(0)
+            try:
+                return not conn.recv(1, socket.MSG_PEEK)
+            finally:
+                conn.settimeout(timeout)
+        except BlockingIOError:  # nothing to read: still there
+            return False
+        except OSError:  # reset
             return True
 
     def _drain(self) -> None:
@@ -308,14 +316,20 @@ class Handler(BaseHTTPRequestHandler):
         uploads.take(length)
         try:
             body = self._read(length)
-            start = time.perf_counter()
-            data = ses.data
-            image = ses.sample(sample) if sample is not None else decode_upload(body, data.channels, data.resize)
-            decoded = time.perf_counter() - start
+            with self.server.decoding:
+                start = time.perf_counter()
+                data = ses.data
+                image = ses.sample(sample) if sample is not None else decode_upload(body, data.channels, data.resize)
+                decoded = time.perf_counter() - start
         finally:
             uploads.give(length)
         del body
-        result = ses.inspect(action, image, params, self._gone)
+        held = 0 if sample is not None else image.numel() * image.element_size()  # a sample is shared
+        uploads.take(held)
+        try:
+            result = ses.inspect(action, image, params, self._gone)
+        finally:
+            uploads.give(held)
         result["seconds"] = round(decoded + result["seconds"], 4)
         self._send_json(200, result)
 
@@ -378,6 +392,7 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 64  # a burst of connections waits in the kernel, not refused
     session: Session
     uploads: Uploads
+    decoding: threading.Semaphore
     loopback: bool
     url: str
 
@@ -405,7 +420,7 @@ def make_server(
     except BaseException:
         httpd.server_close()
         raise
-    httpd.uploads = Uploads(MAX_UPLOADS)
+    httpd.uploads, httpd.decoding = Uploads(MAX_UPLOADS), threading.Semaphore(DECODERS)
     httpd.loopback = is_loopback(host)
     shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     shown = f"[{shown}]" if ":" in shown else shown

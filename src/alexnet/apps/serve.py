@@ -20,8 +20,8 @@ input and many requests:
   runs (a client that half-closes its connection is taken as gone);
 - every error is JSON {"error": "one line"}: 400 for what data.load_image refuses or a bad
   parameter, 404, 405 (with Allow), 408, 411, 413 (a body over the limit, or an image over
-  PIL's pixel limit), 503 (with Retry-After); anything else is a bug: a 500 with one line, and a line on stderr.
-  Never a traceback in a response, and the server goes on;
+  PIL's pixel limit), 503 (with Retry-After); anything else is a bug: a 500 with one
+  line, and a line on stderr. Never a traceback in a response, and the server goes on;
 - every response carries a Content-Security-Policy that allows this origin only (the page
   needs nothing from elsewhere: no CDN, no web fonts), nosniff, and no-store for the API;
 - it binds 127.0.0.1 unless told otherwise, and then warns (no authentication). Bound to

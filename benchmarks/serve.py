@@ -1,7 +1,7 @@
 """What each request of `alexnet serve` costs, for the small model and the paper's.
 
     PYTHONPATH=src python benchmarks/serve.py [--run DIR] [--repeats 5] [--paper-train 64] \
-        [--index-limit N|all] [--models small,paper]
+        [--index-limit N|all] [--models small,paper] [--burst 64]
 
 Starts the server in this process on a free loopback port (what `alexnet serve --port 0`
 does) and times each request from the client's side, as a script or the page sees it:
@@ -10,7 +10,9 @@ figure is the median of --repeats requests after one that is not counted (PyTorc
 its kernels at the first forward pass of a batch shape); "server" is the median of the
 response's own "seconds" (decode and model, no HTTP). Neighbours are timed cold (the
 request that builds the fc7 index of every training image: repeated after dropping the
-index from memory and from disk) and warm.
+index from memory and from disk) and warm. Then a burst: --burst centre-patch predictions
+sent at once (a connection each), the p50 and p99 of their latency from the client's side
+and how many were answered (200; the others: 503, admission by expected wait).
 
 - small: a run directory (--run; default: a run trained here for the purpose, `alexnet
   train --limit-train 2000 --epochs 1`), its training images for the index (the run's
@@ -35,12 +37,14 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from alexnet.apps.cli import main as alexnet
-from alexnet.apps.serve import find_checkpoint, make_server
+from alexnet.apps.serve import make_server
+from alexnet.apps.session import find_checkpoint
 from alexnet.config import DataConfig, RunConfig
 from alexnet.core.checkpoint import save_checkpoint
 from alexnet.core.model import build_model
@@ -118,12 +122,35 @@ def call(port: int, method: str, path: str, body: bytes | None) -> tuple[float, 
     return took, json.loads(data), len(data)
 
 
-def measure(target: Path, upload: bytes, repeats: int, index_limit: str | None) -> dict[str, tuple]:
-    """label -> (client median s, server median s or None, response bytes)."""
+def burst(port: int, upload: bytes, n: int) -> tuple[float, float, int]:
+    """n predictions sent at once: the p50 and p99 of their latency (s, answered ones) and
+    how many were answered."""
+
+    def one(_: int) -> tuple[float, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+        start = time.perf_counter()
+        conn.request("POST", "/api/predict", body=upload)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return time.perf_counter() - start, resp.status
+
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(one, range(n)))
+    times = sorted(t for t, status in answers if status == 200)
+    if not times:
+        return float("nan"), float("nan"), 0
+    cuts = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else [times[0]] * 99
+    return cuts[49], cuts[98], len(times)
+
+
+def measure(target: Path, upload: bytes, repeats: int, index_limit: str | None, burst_n: int) -> dict[str, tuple]:
+    """label -> (client median s, server median s or None, response bytes); "burst" ->
+    (p50 s, p99 s, answered)."""
     import dataclasses
 
     httpd = make_server(target, "127.0.0.1", 0, "cpu")
-    ins = httpd.inspector
+    ins = httpd.session
     if index_limit:
         ins.data = dataclasses.replace(ins.data, limit_train=None if index_limit == "all" else int(index_limit))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -148,13 +175,14 @@ def measure(target: Path, upload: bytes, repeats: int, index_limit: str | None) 
                     results["index images"] = r["train_images"]
                     server[-1] = r["index_seconds"]
             results[label] = (statistics.median(times), statistics.median(server) if server else None, size)
+        results["burst"] = burst(port, upload, burst_n)
     finally:
         httpd.shutdown()
         httpd.server_close()
     return results
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], burst_n: int) -> str:
     models = list(results)
     head = "| request | " + " | ".join(f"{m}: client (server)" for m in models) + " | response size |"
     lines = [head, "|---" * (len(models) + 2) + "|"]
@@ -172,6 +200,18 @@ def table(results: dict[str, dict]) -> str:
             f"{m}: the cold neighbours request built the fc7 index of {n:,} training images "
             f"(server column: the index's share of it)"
         )
+    lines.append("")
+    lines.append("| burst of predictions at once | " + " | ".join(models) + " |")
+    lines.append("|---" * (len(models) + 1) + "|")
+    for i, what in enumerate(("p50", "p99")):
+        lines.append(f"| {what} | " + " | ".join(f"{results[m]['burst'][i] * 1000:,.0f} ms" for m in models) + " |")
+    lines.append("| answered | " + " | ".join(f"{results[m]['burst'][2]} of {burst_n}" for m in models) + " |")
+    alone = "predict, centre patch"
+    lines.append(
+        "| p99 / one prediction alone | "
+        + " | ".join(f"{results[m]['burst'][1] / results[m][alone][0]:,.1f}x" for m in models)
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -182,6 +222,7 @@ def main() -> None:
     p.add_argument("--paper-train", type=int, default=64, help="training images of the paper model's folder")
     p.add_argument("--index-limit", help="training images of the small model's index: N or all")
     p.add_argument("--models", default="small,paper")
+    p.add_argument("--burst", type=int, default=64, help="predictions sent at once")
     args = p.parse_args()
     tune_allocator()  # as `alexnet serve` (cli.main) does
     cpu = next(
@@ -200,12 +241,12 @@ def main() -> None:
             ckpt = Path(tmp) / "small-copy" / run.name  # the cold requests delete its index files
             ckpt.parent.mkdir()
             shutil.copy2(run, ckpt)
-            results["small"] = measure(ckpt, upload, args.repeats, args.index_limit)
+            results["small"] = measure(ckpt, upload, args.repeats, args.index_limit, args.burst)
         if "paper" in args.models:
             results["paper"] = measure(
-                paper_checkpoint(Path(tmp) / "paper", args.paper_train), upload, args.repeats, None
+                paper_checkpoint(Path(tmp) / "paper", args.paper_train), upload, args.repeats, None, args.burst
             )
-    print(table(results))
+    print(table(results, args.burst))
 
 
 if __name__ == "__main__":

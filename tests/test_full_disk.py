@@ -260,7 +260,7 @@ def test_a_run_stopped_by_a_full_disk_says_where_to_resume(state, tmp_path):
     before = rundir.last.read_bytes()
     with file_size_limit(len(before) // 2), pytest.raises(DiskFull) as e:
         rundir.save({**state, "epoch": 2}, best=True)
-    line = assert_no_room_line(e.value, rundir.last)
+    line = assert_no_room_line(e.value, rundir.best)  # best.pt is written first, then last.pt
     assert f"continue with --resume {rundir.last}" in line
     assert rundir.last.read_bytes() == before == rundir.best.read_bytes()
     no_temporary_files(tmp_path)

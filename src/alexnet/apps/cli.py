@@ -17,6 +17,7 @@ from ..config import AMP_MODES, ModelConfig
 from ..core.recipes import RECIPES
 from ..run.errors import Stopped, UserError
 from . import commands
+from .admission import MAX_WAIT
 from .options import Help, add_config_options, recipe_defaults
 
 
@@ -231,6 +232,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="0: a free port (the printed URL says which)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=MAX_WAIT,
+        metavar="SECONDS",
+        help="the longest a request may be expected to wait for the model; a longer wait is answered 503 "
+        "with Retry-After (README: The JSON API)",
+    )
     p.set_defaults(func=commands.cmd_serve)
 
 

@@ -268,4 +268,4 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    serve(args.target, args.host, args.port, args.device)
+    serve(args.target, args.host, args.port, args.device, args.max_wait)

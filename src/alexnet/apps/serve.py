@@ -7,14 +7,21 @@ input and many requests:
 
 - a body is read only with a Content-Length (411 without one) of at most MAX_BODY bytes
   (413); a connection silent for SOCKET_TIMEOUT seconds is dropped;
-- the model serves one request at a time (a lock: the forward hooks of `activations` and
-  the memory of a forward pass are not shared), and at most MAX_WAITING requests wait for
-  it: one more is answered 503 before its body is read, so at most 1 + MAX_WAITING uploads
-  are in memory;
+- the model serves one request at a time, and which request waits for it or is told to
+  come back (503 with Retry-After) is admission.py's rule: by the expected wait, at most
+  `--max-wait` seconds (default 10), cheap requests ahead of expensive ones, nobody
+  starved; what the requests share is session.py's Session;
+- a request's body is read whole, and decoded, before it joins the model's queue: a slow
+  client holds a thread, never the model, and is bounded by the socket timeouts (silence
+  of SOCKET_TIMEOUT seconds; a body slower than MIN_UPLOAD_RATE bytes a second); at most
+  MAX_UPLOADS bytes of uploads are in memory at once, as bodies or decoded images (one
+  more: 503, before its body is read), and DECODERS are decoded at once;
+- a request whose client disconnects while it waits for the model is dropped before it
+  runs (a client that half-closes its connection is taken as gone);
 - every error is JSON {"error": "one line"}: 400 for what data.load_image refuses or a bad
-  parameter, 404, 405 (with Allow), 411, 413 (a body over the limit, or an image over PIL's
-  pixel limit), 503; anything else is a bug: a 500 with one line, and a line on stderr.
-  Never a traceback in a response, and the server goes on;
+  parameter, 404, 405 (with Allow), 408, 411, 413 (a body over the limit, or an image over
+  PIL's pixel limit), 503 (with Retry-After); anything else is a bug: a 500 with one
+  line, and a line on stderr. Never a traceback in a response, and the server goes on;
 - every response carries a Content-Security-Policy that allows this origin only (the page
   needs nothing from elsewhere: no CDN, no web fonts), nosniff, and no-store for the API;
 - it binds 127.0.0.1 unless told otherwise, and then warns (no authentication). Bound to
@@ -25,9 +32,7 @@ input and many requests:
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import json
 import re
 import signal
 import socket
@@ -40,44 +45,23 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..core.checkpoint import load_inference
-from ..core.rundir import read_metrics
-from ..data.datasets import load_split
 from ..run.errors import UserError
 from ..run.jsonio import to_json
-from ..run.runtime import resolve_device
-from .inspection import (
-    ImageTooLarge,
-    activations,
-    decode_upload,
-    device_of,
-    filters,
-    image_array,
-    layer_shapes,
-    occlusion,
-    png_bytes,
-    predict,
-    preprocess_for,
-    towers,
-)
-from .neighbors import INDEX_BATCH, Fc7Index, checkpoint_key, fc7_index, neighbors
+from .admission import MAX_WAIT, Busy, Gone, Uploads
+from .inspection import ImageTooLarge, decode_upload, image_array, png_bytes
+from .session import NotFound, Session, action_params
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..data.loaders import Split
-
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upload: a 24-megapixel JPEG is 5-12 MB
-MAX_WAITING = 4  # requests waiting for the model behind the one using it; one more: 503
+MAX_UPLOADS = 8 * MAX_BODY  # bytes of uploads in memory at once: bodies being read, decoded images
 SOCKET_TIMEOUT = 30.0  # seconds a connection may stay silent (request line, headers, body)
+MIN_UPLOAD_RATE = 64 * 1024  # bytes a second: a body may take SOCKET_TIMEOUT + its size / this
+DECODERS = 2  # uploads decoded at once: more would take the cores (and the GIL) from the model
 MAX_DRAIN = 4 * MAX_BODY  # bytes of an unread body swallowed after an error response
-SAMPLES = 12  # images of the validation/test split offered by the page
-MAX_K = 50  # neighbours a request may ask for
-MAX_TOPK = 10_000
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -87,7 +71,6 @@ STATIC = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-ACTIONS = ("predict", "activations", "occlusion", "neighbors")
 SAMPLE_PNG = re.compile(r"/api/samples/(\d{1,9})\.png")
 ACTION = re.compile(r"/api/(?:samples/(\d{1,9})/)?(predict|activations|occlusion|neighbors)")
 
@@ -102,16 +85,6 @@ class HTTPError(Exception):
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def find_checkpoint(target: Path) -> Path:
-    """A run directory's last.pt, else its model.safetensors; a file is itself."""
-    if not target.is_dir():
-        return target  # load_inference names a missing or unreadable file
-    for name in ("last.pt", "model.safetensors"):
-        if (target / name).is_file():
-            return target / name
-    raise UserError(f"{target}: no last.pt or model.safetensors in this directory (not a run directory?)")
 
 
 def is_loopback(host: str) -> bool:
@@ -131,214 +104,6 @@ def host_warning(host: str) -> str | None:
         f"alexnet: warning: serving on {host}: anyone who can reach this port can use the page and the API, "
         "which have no authentication (the default --host 127.0.0.1 serves this machine only)"
     )
-
-
-# ----------------------------------------------------------------------------- what the requests share
-
-
-class Inspector:
-    """What the request threads share: the model (one request at a time, model_lock), the
-    admission count, and what is computed once: the samples, the training split and its
-    fc7 index, the filters."""
-
-    def __init__(self, target: str | Path, device: str = "auto") -> None:
-        target = Path(target)
-        self.checkpoint = find_checkpoint(target)
-        self.key = checkpoint_key(self.checkpoint)  # before loading: the index is of this file
-        self.loaded = load_inference(self.checkpoint, resolve_device(device))
-        self.config = self.loaded.config
-        # no DataLoader worker processes forked from a server thread; the index of a big
-        # folder is better built beforehand by `alexnet neighbors`, which uses them
-        self.data = dataclasses.replace(self.config.data, workers=0)
-        parent = self.checkpoint.parent
-        is_run = (parent / "metrics.csv").is_file() or (parent / "config.json").is_file()
-        self.run_dir = target if target.is_dir() else parent if is_run else None
-        self.layers = layer_shapes(self.loaded)
-        self.model_lock = threading.Lock()
-        self._count_lock, self._admitted = threading.Lock(), 0
-        self._data_lock = threading.Lock()
-        self._samples: dict[int, tuple[str, torch.Tensor]] | None = None
-        self._train: Split | str | None = None  # the split, or why it cannot be read
-        self._index: Fc7Index | None = None
-        self._filters: dict | None = None
-
-    def admit(self) -> bool:
-        """Take a place: the one using the model or one of MAX_WAITING waiting for it."""
-        with self._count_lock:
-            if self._admitted > MAX_WAITING:
-                return False
-            self._admitted += 1
-            return True
-
-    def release(self) -> None:
-        with self._count_lock:
-            self._admitted -= 1
-
-    def readable_name(self, cls: str) -> str:
-        return dict(zip(self.loaded.classes, self.loaded.class_names)).get(cls, cls)
-
-    def samples(self) -> dict[int, tuple[str, torch.Tensor]]:
-        """SAMPLES images of the validation/test split (a fixed draw), by their index in
-        it: their readable label and uint8 image. Empty if the data is not readable here."""
-        with self._data_lock:
-            if self._samples is None:
-                self._samples = {}
-                try:
-                    split = load_split(False, self.data, 64, limit=self.data.limit_val, ordered=True)
-                    pick = torch.randperm(split.size, generator=torch.Generator().manual_seed(0))[:SAMPLES]
-                    images, labels = split.loader.items(sorted(pick.tolist())) if split.size else ([], [])
-                    for i, y, img in zip(sorted(pick.tolist()), labels, images):
-                        self._samples[i] = (self.readable_name(split.classes[y]), img)
-                except UserError as e:
-                    _log(f"alexnet: no sample images: {e}")
-            return self._samples
-
-    def sample(self, sample_id: int) -> torch.Tensor:
-        found = self.samples().get(sample_id)
-        if found is None:
-            raise HTTPError(404, f"no sample {sample_id} (GET /api/samples lists them)")
-        return found[1]
-
-    def train_split(self) -> Split:
-        """The training split the model was trained on (its --limit-train), every image
-        once in file order, strict (a skipped file would shift the index's positions)."""
-        with self._data_lock:
-            if self._train is None:
-                try:
-                    limit = self.data.limit_train
-                    self._train = load_split(True, self.data, INDEX_BATCH, limit=limit, ordered=True, strict=True)
-                except UserError as e:
-                    self._train = f"no neighbours: the training data is not readable here ({e})"
-            if isinstance(self._train, str):
-                raise UserError(self._train)
-            return self._train
-
-    def has_index(self) -> bool:
-        try:
-            return self.train_split().size > 0
-        except UserError:
-            return False
-
-    def index(self) -> Fc7Index:
-        """The fc7 index (under model_lock: building it runs the model); built_seconds is
-        what this call spent on it, 0 once it is in memory."""
-        if self._index is not None:
-            return dataclasses.replace(self._index, built_seconds=0.0)
-        split = self.train_split()
-        pre, dev = preprocess_for(self.loaded), device_of(self.loaded)
-        self._index = fc7_index(self.loaded.model, pre, split, self.checkpoint, self.key, self.data.limit_train, dev)
-        return self._index
-
-    def run(self, action: str, image: torch.Tensor, params: dict[str, Any]) -> dict:
-        """One computation of the API on a uint8 image (the caller holds model_lock)."""
-        if action == "predict":
-            return predict(self.loaded, image, params["topk"], params["ten_crop"])
-        if action == "activations":
-            return activations(self.loaded, image)
-        if action == "occlusion":
-            return occlusion(self.loaded, image, params["window"], params["stride"])
-        return neighbors(self.loaded, self.index(), image, params["k"])
-
-    # --------------------------------------------------------------- the GET endpoints
-
-    def health(self) -> dict:
-        from .. import __version__
-
-        m = self.config.model
-        return {
-            "status": "ok",
-            "checkpoint": str(self.checkpoint),
-            "model": m.name,
-            "classes": m.num_classes,
-            "input_size": m.input_size,
-            "channels": m.in_channels,
-            "version": __version__,
-        }
-
-    def info(self) -> dict:
-        m = self.config.model
-        return {
-            "checkpoint": str(self.checkpoint),
-            "model": m.name,
-            "config": self.config.to_dict(),
-            "classes": self.loaded.class_names,
-            "input_size": m.input_size,
-            "channels": m.in_channels,
-            "towers": towers(self.loaded.model),
-            "layers": self.layers,
-            "has_run": self.run_dir is not None and (self.run_dir / "metrics.csv").is_file(),
-            "has_samples": bool(self.samples()),
-            "has_index": self.has_index(),
-        }
-
-    def sample_list(self) -> dict:
-        return {
-            "samples": [
-                {"id": i, "label": label, "url": f"/api/samples/{i}.png"} for i, (label, _) in self.samples().items()
-            ]
-        }
-
-    def filter_grids(self) -> dict:
-        with self._data_lock:
-            if self._filters is None:
-                self._filters = filters(self.loaded.model)
-            return self._filters
-
-    def run_files(self) -> dict:
-        """The run directory's config.json, metrics.csv (its rows so far) and summary.json
-        (null while the run goes on); nulls and no rows without a run directory."""
-        if self.run_dir is None:
-            return {"config": None, "metrics": [], "summary": None}
-        try:
-            rows = read_metrics(self.run_dir)
-        except UserError:  # no epoch finished yet
-            rows = []
-        return {
-            "config": _read_json(self.run_dir / "config.json"),
-            "metrics": rows,
-            "summary": _read_json(self.run_dir / "summary.json"),
-        }
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _int_param(query: dict[str, list[str]], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    text = (query.get(name) or [""])[-1]
-    if text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"{name} must be a whole number, got {text[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise UserError(f"{name} must be from {lo} to {hi}, got {value}")
-    return value
-
-
-def _bool_param(query: dict[str, list[str]], name: str) -> bool:
-    text = (query.get(name) or ["0"])[-1].lower()
-    if text not in ("0", "1", "false", "true", ""):
-        raise UserError(f"{name} must be 0 or 1, got {text[:40]!r}")
-    return text in ("1", "true")
-
-
-def action_params(action: str, query: dict[str, list[str]], input_size: int) -> dict[str, Any]:
-    """The query parameters of an action, checked (a UserError: 400)."""
-    if action == "predict":
-        return {"topk": _int_param(query, "topk", 5, 1, MAX_TOPK), "ten_crop": _bool_param(query, "ten_crop")}
-    if action == "occlusion":
-        return {
-            "window": _int_param(query, "window", None, 1, input_size),
-            "stride": _int_param(query, "stride", None, 1, input_size),
-        }
-    if action == "neighbors":
-        return {"k": _int_param(query, "k", 6, 1, MAX_K)}
-    return {}
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -376,27 +141,27 @@ class Handler(BaseHTTPRequestHandler):
         return self.server_version
 
     @property
-    def inspector(self) -> Inspector:
-        return self.server.inspector
+    def session(self) -> Session:
+        return self.server.session
 
     # --------------------------------------------------------------- routing
 
     def _route(self, path: str) -> tuple[tuple[str, ...], Callable[[dict], None]] | None:
         """The methods a path allows and what answers it; None: no such path."""
-        ins = self.inspector
+        ses = self.session
         gets: dict[str, Callable[[], dict]] = {
-            "/api/health": ins.health,
-            "/api/info": ins.info,
-            "/api/samples": ins.sample_list,
-            "/api/filters": ins.filter_grids,
-            "/api/run": ins.run_files,
+            "/api/health": ses.health,
+            "/api/info": ses.info,
+            "/api/samples": ses.sample_list,
+            "/api/filters": ses.filter_grids,
+            "/api/run": ses.run_files,
         }
         if path in STATIC:
             return ("GET",), lambda _q: self._static(path)
         if path in gets:
             return ("GET",), lambda _q: self._send_json(200, gets[path]())
         if m := SAMPLE_PNG.fullmatch(path):
-            image = lambda _q: self._send(200, png_bytes(image_array(ins.sample(int(m[1])))), "image/png")
+            image = lambda _q: self._send(200, png_bytes(image_array(ses.sample(int(m[1])))), "image/png")
             return ("GET",), image
         if m := ACTION.fullmatch(path):
             return ("POST",), lambda q: self._inspect(m[2], q, None if m[1] is None else int(m[1]))
@@ -420,13 +185,21 @@ class Handler(BaseHTTPRequestHandler):
             answer(urllib.parse.parse_qs(url.query, keep_blank_values=True))
         except HTTPError as e:
             self._error(e.status, e.message, e.headers)
+        except Busy as e:
+            self._error(503, str(e), {"Retry-After": str(e.retry_after)})
+        except NotFound as e:
+            self._error(404, str(e))
         except ImageTooLarge as e:
             self._error(413, str(e))
         except UserError as e:
             self._error(400, str(e))
         except TimeoutError:
-            self._error(408, f"the request's body did not arrive within {SOCKET_TIMEOUT:g} s")
-        except (BrokenPipeError, ConnectionResetError):
+            self._error(
+                408,
+                f"the request's body did not arrive in time (silent for {SOCKET_TIMEOUT:g} s, "
+                f"or slower than {MIN_UPLOAD_RATE // 1024} KiB/s)",
+            )
+        except (BrokenPipeError, ConnectionResetError, Gone):
             self.close_connection = True  # the client left; nobody to answer
         except Exception as e:  # noqa: BLE001 - a bug: one line to the client and the log, the server goes on
             self._internal_error(e)
@@ -474,11 +247,38 @@ class Handler(BaseHTTPRequestHandler):
         return length
 
     def _read(self, length: int) -> bytes:
-        body = self.rfile.read(length)
-        self._unread = 0
-        if len(body) < length:
-            raise HTTPError(400, f"the body ended after {len(body):,} of its {length:,} bytes")
-        return body
+        """The whole body: no silence of SOCKET_TIMEOUT s (the socket's timeout), and all of
+        it within SOCKET_TIMEOUT + length / MIN_UPLOAD_RATE s (TimeoutError: 408)."""
+        self._unread = 0  # what is not read now is not waited for
+        deadline = time.monotonic() + SOCKET_TIMEOUT + length / MIN_UPLOAD_RATE
+        chunks, got = [], 0
+        while got < length:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            chunk = self.rfile.read1(min(length - got, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got < length:
+            raise HTTPError(400, f"the body ended after {got:,} of its {length:,} bytes")
+        return b"".join(chunks)
+
+    def _gone(self) -> bool:
+        """Whether the client closed its connection while its request waits (a client that
+        half-closes it after its request is taken as gone too): a look without waiting."""
+        conn = self.connection
+        timeout = conn.gettimeout()
+        try:
+            conn.settimeout(0)
+            try:
+                return not conn.recv(1, socket.MSG_PEEK)
+            finally:
+                conn.settimeout(timeout)
+        except BlockingIOError:  # nothing to read: still there
+            return False
+        except OSError:  # reset
+            return True
 
     def _drain(self) -> None:
         """Swallow a body left unread by an error answer (up to MAX_DRAIN bytes, for at most
@@ -503,29 +303,34 @@ class Handler(BaseHTTPRequestHandler):
     # --------------------------------------------------------------- the inspections
 
     def _inspect(self, action: str, query: dict[str, list[str]], sample: int | None) -> None:
-        """A POST that runs the model on an upload (the body) or a sample: admitted or 503,
-        the body read, the image decoded, then the model alone under its lock."""
-        ins = self.inspector
-        params = action_params(action, query, ins.config.model.input_size)
+        """A POST that runs the model on an upload (the body) or a sample: the parameters
+        checked, Busy (503) at once if the model's queue is too long, the body read whole
+        and decoded, then the session's turn of the model (Busy, or Gone if the client leaves)."""
+        ses = self.session
+        params = action_params(action, query, ses.config.model.input_size)
         length = self._content_length(required=sample is None)
         if sample is not None:
-            ins.sample(sample)  # 404 before any waiting
-        if not ins.admit():
-            raise HTTPError(
-                503, f"busy: {MAX_WAITING} requests are already waiting for the model; try again", {"Retry-After": "2"}
-            )
+            ses.sample(sample)  # 404 before any waiting
+        ses.admissible(action, params)
+        uploads = self.server.uploads
+        uploads.take(length)
         try:
             body = self._read(length)
-            start = time.perf_counter()
-            data = ins.data
-            image = ins.sample(sample) if sample is not None else decode_upload(body, data.channels, data.resize)
-            decoded = time.perf_counter() - start
-            with ins.model_lock:
+            with self.server.decoding:
                 start = time.perf_counter()
-                result = ins.run(action, image, params)
-                result["seconds"] = round(decoded + time.perf_counter() - start, 4)
+                data = ses.data
+                image = ses.sample(sample) if sample is not None else decode_upload(body, data.channels, data.resize)
+                decoded = time.perf_counter() - start
         finally:
-            ins.release()
+            uploads.give(length)
+        del body
+        held = 0 if sample is not None else image.numel() * image.element_size()  # a sample is shared
+        uploads.take(held)
+        try:
+            result = ses.inspect(action, image, params, self._gone)
+        finally:
+            uploads.give(held)
+        result["seconds"] = round(decoded + result["seconds"], 4)
         self._send_json(200, result)
 
     # --------------------------------------------------------------- responses
@@ -585,7 +390,9 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 64  # a burst of connections waits in the kernel, not refused
-    inspector: Inspector
+    session: Session
+    uploads: Uploads
+    decoding: threading.Semaphore
     loopback: bool
     url: str
 
@@ -594,21 +401,26 @@ class Server6(Server):
     address_family = socket.AF_INET6
 
 
-def make_server(target: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> Server:
+def make_server(
+    target: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", max_wait: float = MAX_WAIT
+) -> Server:
     """The server, bound and with the model loaded, not yet serving (serve_forever). The
     port is taken first, so that a port in use is said before the model loads."""
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, got {port}")
+    if not 0 <= max_wait < float("inf"):
+        raise UserError(f"--max-wait must be a number of seconds from 0, got {max_wait}")
     cls = Server6 if ":" in host else Server
     try:
         httpd = cls((host, port), Handler)
     except OSError as e:
         raise UserError(f"cannot serve on {host} port {port}: {e.strerror or e}") from e
     try:
-        httpd.inspector = Inspector(target, device)
+        httpd.session = Session(target, device, max_wait)
     except BaseException:
         httpd.server_close()
         raise
+    httpd.uploads, httpd.decoding = Uploads(MAX_UPLOADS), threading.Semaphore(DECODERS)
     httpd.loopback = is_loopback(host)
     shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     shown = f"[{shown}]" if ":" in shown else shown
@@ -625,15 +437,17 @@ def _stop_on_signals() -> None:
             signal.signal(sig, signal.default_int_handler)
 
 
-def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+def serve(
+    target: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", max_wait: float = MAX_WAIT
+) -> None:
     """`alexnet serve`: print the URL and serve until Ctrl-C (then return: exit status 0)."""
-    httpd = make_server(target, host, port, device)
+    httpd = make_server(target, host, port, device, max_wait)
     warning = host_warning(host)
     if warning:
         _log(warning)
-    ins = httpd.inspector
+    ses = httpd.session
     _stop_on_signals()
-    print(f"alexnet: serving {ins.checkpoint} ({ins.config.model.name}) at {httpd.url} (Ctrl-C to stop)", flush=True)
+    print(f"alexnet: serving {ses.checkpoint} ({ses.config.model.name}) at {httpd.url} (Ctrl-C to stop)", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

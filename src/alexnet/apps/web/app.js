@@ -119,10 +119,9 @@
     else img.addEventListener("load", fit, { once: true });
   }
 
-  function unavailable(id, key, fallback) {
-    const why = state.info && state.info.unavailable && state.info.unavailable[key];
+  function unavailable(id, why) {
     const node = $(id);
-    node.textContent = `Not available for this checkpoint: ${why || fallback}`;
+    node.textContent = `Not available for this checkpoint: ${why}`;
     node.hidden = false;
   }
 
@@ -141,7 +140,7 @@
     const layers = (info.layers || []).map((l) => `${l.name} ${shape(l.shape)}`).join(" → ");
     if (layers) $("activations-empty").textContent = `Choose an image above. The layers: ${layers}.`;
     if (!info.has_index) {
-      unavailable("neighbors-unavailable", "index",
+      unavailable("neighbors-unavailable",
         "the training images are not readable on this machine, so there is no fc7 index to search");
       $("neighbors-empty").hidden = true;
     }
@@ -151,12 +150,12 @@
 
   async function loadSamples() {
     if (!state.info.has_samples) {
-      unavailable("samples-unavailable", "samples", "the run's test images are not readable on this machine");
+      unavailable("samples-unavailable", "the run's test images are not readable on this machine");
       return;
     }
     const { samples } = await api("/api/samples");
     if (!samples.length) {
-      unavailable("samples-unavailable", "samples", "the run's test images are not readable on this machine");
+      unavailable("samples-unavailable", "the run's test images are not readable on this machine");
       return;
     }
     const box = $("samples");
@@ -605,7 +604,7 @@
         ], pct),
         chart("Learning rate", [{ name: "lr at the end of the epoch", cls: "s-lr", points: curve(rows, "lr") }], plain));
     } else if (!going) {
-      unavailable("run-unavailable", "run",
+      unavailable("run-unavailable",
         "no run directory with a metrics.csv beside this checkpoint (`alexnet train` writes one after each epoch)");
     }
     const last = rows.length ? rows[rows.length - 1] : null;

@@ -9,7 +9,7 @@ import torch
 
 from ..core.augment import Preprocess
 from ..core.checkpoint import load_inference
-from ..core.engine import evaluate_loader
+from ..core.engine import Classifier, evaluate_loader
 from ..data.datasets import is_fashion_mnist, load_split
 from ..data.imagenet import human_names
 from ..run import distributed
@@ -72,8 +72,8 @@ def _evaluate(
     amp = stored_precision(cfg.train.amp if amp is None else amp, dev)
     mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
     result = evaluate_loader(
-        model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop, d=d, show=d.main
+        Classifier(model, preprocess, amp), split.loader, ten_crop, mirror and not ten_crop, d=d, show=d.main
     )
     if not d.main:
         return None
-    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world, **result}
+    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world, **result.to_dict()}

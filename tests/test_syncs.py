@@ -101,7 +101,7 @@ def test_alone_a_stop_request_is_seen_at_once(counted):
 def test_evaluation_syncs_once(counted):
     t, loader, prep = _setup()
     loader.batches.shuffle = False
-    r = evaluate_loader(Classifier(t.net, prep), loader, d=TWO, show=False)
+    r = evaluate_loader(Classifier(t.net, prep, "off"), loader, d=TWO, show=False)
     assert r.images == 80  # this process's half (the pretend all-reduce adds nothing)
     assert counted == {"all_reduce": 1, "host": 1}
 

@@ -53,15 +53,13 @@ from ..run.runtime import resolve_device
 from .inspection import (
     ImageTooLarge,
     activations,
+    classify_image,
     decode_upload,
-    device_of,
     filters,
     image_array,
     layer_shapes,
     occlusion,
     png_bytes,
-    predict,
-    preprocess_for,
     towers,
 )
 from .neighbors import INDEX_BATCH, Fc7Index, checkpoint_key, fc7_index, neighbors
@@ -184,7 +182,7 @@ class Inspector:
             if self._samples is None:
                 self._samples = {}
                 try:
-                    split = load_split(False, self.data, 64, limit=self.data.limit_val, ordered=True)
+                    split = load_split(False, self.data, 64, ordered=True)
                     pick = torch.randperm(split.size, generator=torch.Generator().manual_seed(0))[:SAMPLES]
                     images, labels = split.loader.items(sorted(pick.tolist())) if split.size else ([], [])
                     for i, y, img in zip(sorted(pick.tolist()), labels, images):
@@ -205,8 +203,8 @@ class Inspector:
         with self._data_lock:
             if self._train is None:
                 try:
-                    limit = self.data.limit_train
-                    self._train = load_split(True, self.data, INDEX_BATCH, limit=limit, ordered=True, strict=True)
+                    strict = dataclasses.replace(self.data, strict=True)
+                    self._train = load_split(True, strict, INDEX_BATCH, ordered=True)
                 except UserError as e:
                     self._train = f"no neighbours: the training data is not readable here ({e})"
             if isinstance(self._train, str):
@@ -225,14 +223,13 @@ class Inspector:
         if self._index is not None:
             return dataclasses.replace(self._index, built_seconds=0.0)
         split = self.train_split()
-        pre, dev = preprocess_for(self.loaded), device_of(self.loaded)
-        self._index = fc7_index(self.loaded.model, pre, split, self.checkpoint, self.key, self.data.limit_train, dev)
+        self._index = fc7_index(self.loaded, split, self.checkpoint, self.key, self.data.limit_train)
         return self._index
 
     def run(self, action: str, image: torch.Tensor, params: dict[str, Any]) -> dict:
         """One computation of the API on a uint8 image (the caller holds model_lock)."""
         if action == "predict":
-            return predict(self.loaded, image, params["topk"], params["ten_crop"])
+            return classify_image(self.loaded, image, params["topk"], params["ten_crop"])
         if action == "activations":
             return activations(self.loaded, image)
         if action == "occlusion":

@@ -235,7 +235,7 @@ class Classifier:
 
     model: torch.nn.Module
     preprocess: Preprocess
-    precision: str = "off"
+    precision: str  # "off" (fp32), "bf16" or "fp16"
 
     @property
     def device(self) -> torch.device:

@@ -267,8 +267,8 @@ def _load_data(
     """The data stage: both splits (this process's share), their classes, and the mean image
     (a fine-tune's comes from its checkpoint, `source`)."""
     t, data = cfg.train, cfg.data
-    train_split = load_split(True, data, t.batch_size, t.seed, data.limit_train, d=d, strict=data.strict)
-    val_split = load_split(False, data, t.batch_size, t.seed, data.limit_val, d=d)
+    train_split = load_split(True, data, t.batch_size, t.seed, d=d)
+    val_split = load_split(False, data, t.batch_size, t.seed, d=d)
     classes = train_split.classes
     if classes != val_split.classes:
         raise UserError(f"{data.name}: the training and validation classes differ")
@@ -290,7 +290,7 @@ def _mean_image(
     if ckpt is not None and ckpt.get("mean_image") is not None:
         return ckpt["mean_image"], []
     t = cfg.train
-    stats_split = load_split(True, cfg.data, t.batch_size, limit=cfg.data.limit_train, ordered=True, d=d)
+    stats_split = load_split(True, cfg.data, t.batch_size, ordered=True, d=d)
     image = cached_mean_image(cfg.data, stats_split, Path(t.out), log=log, device=device, d=d)
     return image, list(stats_split.loader.unreadable)
 

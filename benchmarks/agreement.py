@@ -10,6 +10,7 @@ times against torchvision).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -28,7 +29,7 @@ def main() -> None:
     dev = torch.device("cpu")
     loaded = load_inference(args.checkpoint, dev)
     cfg = loaded.config
-    split = load_split(False, cfg.data, 500, limit=args.limit, ordered=True)
+    split = load_split(False, dataclasses.replace(cfg.data, limit_val=args.limit), 500, ordered=True)
     preprocess = Preprocess(cfg.data, cfg.model.input_size, dev, True, loaded.mean_image)
     model = loaded.model.to(memory_format=torch.channels_last)
     paths = {"fp32": (model, "off"), "bf16": (model, "bf16"), "bf16 compiled": (torch.compile(model), "bf16")}

@@ -4,11 +4,11 @@
         [-- alexnet train options...]
 
 Runs `alexnet train` in this process (the package's own CLI, with the given options on
-top of --epochs 1 --amp off --device cpu) with engine.train_step wrapped to record every
-step's loss, stops after --steps steps, and prints the mean of each window of
---window steps (the window the training loop syncs on, log_every), how far below
-ln C each is, and the first step at which the window mean fell below ln C - m for a
-few margins m. --json writes the per-step losses and window means.
+top of --epochs 1 --amp off --device cpu --log-every 1, so that every step is a health
+window) with HealthMonitor.window wrapped to record every step's loss, stops after
+--steps steps, and prints the mean of each window of --window steps (the window the
+training loop syncs on, log_every), how far below ln C each is, and the first step at
+which the window mean fell below ln C - m for a few margins m. --json writes the per-step losses and window means.
 
 Example (the three runs of health.py's docstring):
 
@@ -28,8 +28,8 @@ import time
 
 import torch
 
-import alexnet.core.engine as engine
 from alexnet.apps.cli import main
+from alexnet.run.health import HealthMonitor
 from alexnet.run.jsonio import write_json
 
 MARGINS = (0.02, 0.05, 0.1, 0.2, 0.3)
@@ -40,18 +40,18 @@ class _Enough(Exception):
 
 
 def record(steps: int) -> list[float]:
-    """Wrap engine.train_step (train_one_epoch calls it through the module) to record losses."""
+    """Wrap HealthMonitor.window (the mean loss of each window of log_every steps; one
+    step with --log-every 1) to record losses."""
     losses: list[float] = []
-    original = engine.train_step
+    original = HealthMonitor.window
 
-    def recording(*args, **kwargs):
-        loss, logits = original(*args, **kwargs)
-        losses.append(float(loss.detach()))  # a sync per step: free on the CPU
+    def recording(self, step, mean_loss):
+        losses.append(mean_loss)
         if len(losses) >= steps:
             raise _Enough
-        return loss, logits
+        return original(self, step, mean_loss)
 
-    engine.train_step = recording
+    HealthMonitor.window = recording
     return losses
 
 
@@ -90,6 +90,8 @@ def main_(argv: list[str]) -> None:
                     "off",
                     "--device",
                     "cpu",
+                    "--log-every",
+                    "1",
                     "--limit-val",
                     "500",
                     "--out",

@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from alexnet.config import DataConfig
-from alexnet.data.datasets import fashion_mnist, load_image, write_samples
+from alexnet.data.datasets import fashion_mnist, load_image, load_split, write_samples
 from alexnet.data.loaders import InMemoryLoader, ShardedBatches
 from alexnet.run.distributed import Dist
 from alexnet.run.errors import UserError
@@ -161,7 +163,13 @@ def test_loaders_pin_only_when_asked(fashion_dir):
     from alexnet.config import DataConfig
     from alexnet.data.datasets import load_split
 
-    split = load_split(True, DataConfig(data_dir=fashion_dir), 32, limit=64)
+    split = load_split(True, DataConfig(data_dir=fashion_dir, limit_train=64), 32)
     assert not split.loader.pinned
     x, _ = next(iter(split.loader))
     assert not x.is_pinned()
+
+
+def test_load_split_takes_its_limits_from_the_config(fashion_dir):
+    cfg = DataConfig(data_dir=fashion_dir, limit_train=96, limit_val=40)
+    assert load_split(True, cfg, 32).size == 96 and load_split(False, cfg, 32).size == 40
+    assert load_split(False, dataclasses.replace(cfg, limit_val=None), 32).size == 10_000  # the whole test set

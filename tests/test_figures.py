@@ -11,7 +11,6 @@ from PIL import Image
 
 from alexnet.apps import figures
 from alexnet.config import DataConfig, RunConfig
-from alexnet.core.augment import Preprocess
 from alexnet.core.checkpoint import load_inference, save_checkpoint
 from alexnet.core.model import build_model
 from alexnet.data.datasets import load_split
@@ -111,20 +110,19 @@ def test_filters_command_owt_one_grid_and_trained_small(fashion_run, tmp_path, c
 @pytest.mark.slow
 def test_neighbors_streaming_equals_brute_force(fashion_run, fashion_dir):
     loaded = load_inference(fashion_run / "last.pt", CPU)
-    data = dataclasses.replace(loaded.config.data, data_dir=fashion_dir)
-    train = load_split(True, data, 64, limit=300, ordered=True)  # 5 batches, the last partial
-    pre = Preprocess(data, loaded.config.model.input_size, CPU, channels_last=False, mean_image=loaded.mean_image)
+    data = dataclasses.replace(loaded.config.data, data_dir=fashion_dir, limit_train=300)
+    train = load_split(True, data, 64, ordered=True)  # 5 batches, the last partial
     picks = [0, 77, 299]
     queries = train.loader.images[picks]  # training images as queries
-    found = figures.nearest_neighbors(loaded.model, pre, queries, train.loader, 5, CPU)
+    found = figures.nearest_neighbors(loaded, queries, train.loader, 5)
     assert found["train_images"] == 300
     assert found["indices"][:, 0].tolist() == picks  # each is its own nearest neighbour
     assert found["distances"][:, 0].abs().max() < 1e-4
     assert (found["distances"].diff(dim=1) >= 0).all()
 
     # brute force: every feature at once, distances in float64
-    feats = figures.fc7_features(loaded.model, pre, train.loader.images, CPU).double()
-    q = figures.fc7_features(loaded.model, pre, queries, CPU).double()
+    feats = figures.fc7_features(loaded, train.loader.images).double()
+    q = figures.fc7_features(loaded, queries).double()
     dist = ((q[:, None, :] - feats[None, :, :]) ** 2).sum(-1).sqrt()
     best = dist.sort(dim=1, stable=True)
     assert torch.equal(found["indices"], best.indices[:, :5])

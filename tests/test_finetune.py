@@ -95,14 +95,13 @@ def test_features_of_a_folder(source, photo_folder, tmp_path, cli, one_line_erro
     assert classes == ["cat", "coffee", "rocket"] and len(paths) == 24
     assert all(f"/train/{classes[y]}/" in p for p, y in zip(paths, labels.tolist()))
     # the same numbers as the model's own penultimate layer on the evaluation path
-    from alexnet.apps.inspection import preprocess_for
     from alexnet.core.checkpoint import load_inference
     from alexnet.data.datasets import load_image, stored_transform
 
     loaded = load_inference(source, torch.device("cpu"))
     x = stored_transform(loaded.config.data.resize)(load_image(paths[5], 3))[None]
     with torch.no_grad():
-        expected = loaded.model.penultimate(preprocess_for(loaded)(x))
+        expected = loaded.model.penultimate(loaded.preprocess(x))
     torch.testing.assert_close(features[5:6], expected, rtol=1e-4, atol=1e-4)
     rc, _, err = cli("features", source, photo_folder, "--layer", "conv9", "--out", out)
     one_line_error(rc, err, "--layer conv9", "conv5", "fc7")

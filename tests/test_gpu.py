@@ -78,7 +78,7 @@ def test_evaluate_ten_patches_and_predict_on_cuda(cli, fashion_dir, tmp_path, ph
 
 
 def test_serve_predicts_on_cuda(cli, fashion_dir, tmp_path, photos):
-    from alexnet.apps.inspection import decode_upload, predict
+    from alexnet.apps.inspection import classify_image, decode_upload
     from alexnet.core.checkpoint import load_inference
 
     run = tmp_path / "run"
@@ -86,7 +86,7 @@ def test_serve_predicts_on_cuda(cli, fashion_dir, tmp_path, photos):
     loaded = load_inference(run / "last.pt", torch.device("cuda"))
     image = decode_upload(photos["astronaut.jpg"].read_bytes(), 1, loaded.config.data.resize)
     for ten_crop in (False, True):
-        r = predict(loaded, image, topk=3, ten_crop=ten_crop)
+        r = classify_image(loaded, image, topk=3, ten_crop=ten_crop)
         assert len(r["predictions"]) == 3
 
 
@@ -94,9 +94,9 @@ def test_in_memory_batches_are_pinned_and_made_ahead(fashion_dir):
     from alexnet.config import DataConfig
     from alexnet.data.datasets import load_split
 
-    split = load_split(True, DataConfig(data_dir=fashion_dir), 64, limit=512)
+    split = load_split(True, DataConfig(data_dir=fashion_dir, limit_train=512), 64)
     split.loader.pin()
-    plain = load_split(True, DataConfig(data_dir=fashion_dir), 64, limit=512)
+    plain = load_split(True, DataConfig(data_dir=fashion_dir, limit_train=512), 64)
     for (x, y), (a, b) in zip(split.loader, plain.loader, strict=True):
         assert x.is_pinned() and y.is_pinned() and torch.equal(x, a) and torch.equal(y, b)
         x.to("cuda", non_blocking=True)

@@ -38,7 +38,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from alexnet.apps.predict import predict
+from alexnet.apps.predict import predict_files
 from alexnet.core.augment import Preprocess
 from alexnet.core.checkpoint import load_inference
 from alexnet.data.datasets import load_image, stored_transform
@@ -315,8 +315,8 @@ def test_strip_is_cropped_not_blown_up(ckpt, files):
 @pytest.mark.slow
 def test_many_images_go_through_in_batches(ckpt, photos):
     images = [str(p) for p in photos.values()] * 3  # 30 files
-    whole = predict(str(ckpt), images, topk=3, device="cpu")
-    batched = predict(str(ckpt), images, topk=3, device="cpu", batch_size=4)
+    whole = predict_files(str(ckpt), images, topk=3, device="cpu")
+    batched = predict_files(str(ckpt), images, topk=3, device="cpu", batch_size=4)
     assert [r["image"] for r in batched] == images
     for a, b in zip(whole, batched):
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]

@@ -2,6 +2,7 @@
 grids, occlusion bounds, uploads, and the fc7 index's cache."""
 
 import base64
+import dataclasses
 import io
 import os
 
@@ -11,8 +12,9 @@ import torch
 from PIL import Image
 
 from alexnet.apps import inspection, neighbors
+from alexnet.apps.predict import predict_files
 from alexnet.config import DataConfig, RunConfig
-from alexnet.core.checkpoint import Inference, save_checkpoint
+from alexnet.core.checkpoint import Inference, load_inference, save_checkpoint
 from alexnet.core.model import build_model
 from alexnet.data.loaders import InMemoryLoader, ShardedBatches, Split
 from alexnet.run.distributed import Dist
@@ -31,7 +33,7 @@ def decode(url: str) -> Image.Image:
 
 def inference(model, data: DataConfig, mean_image=None) -> Inference:
     classes = [f"c{i}" for i in range(model.config.num_classes)]
-    return Inference(model.eval(), RunConfig(model=model.config, data=data), classes, classes, mean_image)
+    return Inference.of(model, RunConfig(model=model.config, data=data), classes, mean_image=mean_image)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +124,12 @@ def test_activation_grids_crop_to_each_channel(small):
 
 def test_predict_ten_patches_average_the_softmax(paper):
     img = image(3, 256, seed=1)
-    one = inspection.predict(paper, img, topk=5)
-    ten = inspection.predict(paper, img, topk=2, ten_crop=True)
+    one = inspection.classify_image(paper, img, topk=5)
+    ten = inspection.classify_image(paper, img, topk=2, ten_crop=True)
     assert one["patches"] == 1 and ten["patches"] == 10 and len(ten["predictions"]) == 2
     assert decode(one["input"]).size == (227, 227) and decode(one["input"]).mode == "RGB"
     assert one["input"] == ten["input"]  # the centre patch either way
-    pre = inspection.preprocess_for(paper)
-    views = torch.cat(pre.ten_crop(img[None]))
+    views = torch.cat(paper.preprocess.ten_crop(img[None]))
     with torch.no_grad():
         expected = torch.softmax(paper.model(views), 1).mean(0)
     got = {p["class"]: p["probability"] for p in ten["predictions"]}
@@ -138,7 +139,29 @@ def test_predict_ten_patches_average_the_softmax(paper):
     probs = [p["probability"] for p in one["predictions"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     with pytest.raises(UserError, match="topk"):
-        inspection.predict(paper, img, topk=0)
+        inspection.classify_image(paper, img, topk=0)
+
+
+def test_predict_serve_and_the_precision_rule_are_one_inference_path(small, tmp_path):
+    """predict's files, serve's upload and Inference.probabilities give the same numbers,
+    in the precision runtime.stored_precision allows: an fp16 run's checkpoint in fp32 on
+    the CPU."""
+    cfg = dataclasses.replace(small.config, train=dataclasses.replace(small.config.train, amp="fp16"))
+    ckpt = tmp_path / "fp16.pt"
+    save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": small.model.state_dict(), "classes": small.classes})
+    loaded = load_inference(ckpt, CPU)
+    assert loaded.precision == "off" and load_inference(ckpt, CPU, amp="bf16").precision == "bf16"
+    img = image(1, 28, seed=3)
+    Image.fromarray(img[0].numpy()).save(tmp_path / "x.png")
+    [files] = predict_files(str(ckpt), [str(tmp_path / "x.png")], topk=4, device="cpu")
+    page = inspection.classify_image(loaded, img, topk=4)
+    top = loaded.probabilities(img[None])[0].topk(4)
+    assert [p["index"] for p in files["predictions"]] == top.indices.tolist()
+    assert [p["probability"] for p in files["predictions"]] == top.values.tolist()
+    assert [p["probability"] for p in page["predictions"]] == top.values.tolist()
+    ten = loaded.probabilities(img[None], ten_crop=True)[0]
+    [files] = predict_files(str(ckpt), [str(tmp_path / "x.png")], topk=1, device="cpu", ten_crop=True)
+    assert files["predictions"][0]["probability"] == ten.max().item()
 
 
 # ------------------------------------------------------------------ occlusion
@@ -235,12 +258,11 @@ def test_fc7_index_is_cached_and_rebuilt_when_stale(small, tmp_path):
     )
     images = torch.stack([image(1, 28, seed=i) for i in range(40)])
     split = split_of(images, "synthetic-40")
-    pre = inspection.preprocess_for(small)
     logs = []
 
     def index(split=split, limit=None):
         key = neighbors.checkpoint_key(ckpt)
-        return neighbors.fc7_index(small.model, pre, split, ckpt, key, limit, CPU, log=logs.append)
+        return neighbors.fc7_index(small, split, ckpt, key, limit, log=logs.append)
 
     first = index()
     assert first.path == neighbors.index_paths(ckpt, "synthetic-40")[0] and first.path.parent == tmp_path
@@ -249,7 +271,7 @@ def test_fc7_index_is_cached_and_rebuilt_when_stale(small, tmp_path):
     assert second.built_seconds == 0 and len(logs) == 1 and torch.equal(second.features, first.features)
     assert torch.equal(second.labels, torch.arange(40) % 3)
     # the codes are the model's fc7, rounded to fp16
-    fc7 = neighbors.fc7_features(small.model, pre, images, CPU)
+    fc7 = neighbors.fc7_features(small, images)
     assert torch.equal(first.features, fc7.half())
     index(limit=40)  # another limit: another index
     assert len(logs) == 2
@@ -267,8 +289,7 @@ def test_fc7_index_is_cached_and_rebuilt_when_stale(small, tmp_path):
 def test_index_search_equals_brute_force(small):
     images = torch.stack([image(1, 28, seed=i) for i in range(50)])
     split = split_of(images, "synthetic-50")
-    pre = inspection.preprocess_for(small)
-    index = neighbors.fc7_index(small.model, pre, split, "unused.pt", None, None, CPU, log=lambda _: None)
+    index = neighbors.fc7_index(small, split, "unused.pt", None, None, log=lambda _: None)
     assert index.path is None  # no key: not cached
     codes = index.features[[7, 31]]
     found = index.nearest(codes, 5)

@@ -106,9 +106,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict
+    from .predict import predict_files
 
-    results = predict(args.checkpoint, args.images, args.topk, args.device)
+    results = predict_files(args.checkpoint, args.images, args.topk, args.device)
     lines = []
     for r in results:
         lines.append(r["image"])
@@ -142,10 +142,12 @@ def cmd_pca(args: argparse.Namespace) -> None:
     from ..data.datasets import load_split
     from ..data.stats import rgb_pca
 
-    cfg = dataclasses.replace(data_defaults(args.data), data_dir=args.data_dir, workers=args.workers)
+    cfg = dataclasses.replace(
+        data_defaults(args.data), data_dir=args.data_dir, workers=args.workers, limit_train=args.limit
+    )
     if cfg.channels != 3:
         raise UserError(f"{args.data}: PCA lighting needs RGB images")
-    eigval, eigvec = rgb_pca(load_split(True, cfg, 64, limit=args.limit, ordered=True))
+    eigval, eigvec = rgb_pca(load_split(True, cfg, 64, ordered=True))
     result = {"data": args.data, "eigval": eigval, "eigvec": eigvec}
     if args.out:
         write_json(args.out, result)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.augment import Preprocess
 from ..core.checkpoint import load_inference
 from ..core.engine import evaluate_loader
 from ..data.datasets import is_fashion_mnist, load_split
 from ..data.imagenet import human_names
 from ..run import distributed
 from ..run.errors import UserError
-from ..run.runtime import check_precision, resolve_device, stored_precision
+from ..run.runtime import check_precision, resolve_device
 
 
 def evaluate_checkpoint(
@@ -51,29 +50,21 @@ def _evaluate(
 ) -> dict | None:
     if amp is not None:
         check_precision(amp, dev)
-    loaded = load_inference(path, dev)
-    cfg, m = loaded.config, loaded.config.model
-    data_cfg = cfg.data
-    if data is not None:
-        data_cfg = dataclasses.replace(data_cfg, name=data)
-    if data_dir is not None:
-        data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir)
+    loaded = load_inference(path, dev, amp)
+    overrides = {k: v for k, v in {"name": data, "data_dir": data_dir}.items() if v is not None}
+    # --limit, not the run's --limit-val: None is every image
+    data_cfg = dataclasses.replace(loaded.config.data, limit_val=limit, **overrides)
     # --batch-size is the global batch, as in train, rounded down to split evenly over the
     # processes (evaluation's numbers do not depend on the batch)
-    split = load_split(False, data_cfg, max(d.world, batch_size - batch_size % d.world), limit=limit, d=d)
+    split = load_split(False, data_cfg, max(d.world, batch_size - batch_size % d.world), d=d)
     if dev.type == "cuda":
         split.loader.pin()
     names = None if is_fashion_mnist(data_cfg) else human_names(split.classes, Path(data_cfg.name), data_cfg.synsets)
     if loaded.classes not in (split.classes, names):  # imported weights know names, not wnids
         raise UserError(f"{data_cfg.name}: its classes are not the {len(loaded.classes)} classes {path} was trained on")
-    channels_last = cfg.train.channels_last
-    model = loaded.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    preprocess = Preprocess(data_cfg, m.input_size, dev, channels_last, loaded.mean_image)
-    amp = stored_precision(cfg.train.amp if amp is None else amp, dev)
-    mirror = cfg.train.eval_mirror if mirror is None else mirror  # as the run validated
-    result = evaluate_loader(
-        model, split.loader, preprocess, dev, amp, ten_crop=ten_crop, mirror=mirror and not ten_crop, d=d, show=d.main
-    )
+    mirror = loaded.config.train.eval_mirror if mirror is None else mirror  # as the run validated
+    result = evaluate_loader(loaded, split.loader, ten_crop, mirror and not ten_crop, d=d, show=d.main)
     if not d.main:
         return None
-    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world, **result}
+    info = {"checkpoint": str(path), "data": data_cfg.name, "precision": loaded.precision, "processes": d.world}
+    return {**info, **result.to_dict()}

@@ -25,8 +25,8 @@ from ..data.pack import stored_image
 from ..data.sources import SourceSplit, class_folder
 from ..run.errors import UserError
 from ..run.jsonio import atomic_write
-from ..run.runtime import autocast, resolve_device
-from .inspection import precision, preprocess_for, stages
+from ..run.runtime import resolve_device
+from .inspection import stages
 
 
 class _Images(torch.utils.data.Dataset):
@@ -57,24 +57,23 @@ def layer_names(loaded: Inference) -> list[str]:
 
 
 def _activations(
-    loaded: Inference, module: torch.nn.Module, loader: torch.utils.data.DataLoader, dev: torch.device, layer: str
+    loaded: Inference, module: torch.nn.Module, loader: torch.utils.data.DataLoader, layer: str
 ) -> tuple[list[torch.Tensor], list[int], list[str]]:
     """`module`'s output (flattened, float32, on the CPU) for every readable image of the
     loader, the indices of those images, and the reasons of the unreadable ones."""
-    preprocess, rows, kept, unreadable = preprocess_for(loaded), [], [], []
+    rows, kept, unreadable = [], [], []
     captured: list[torch.Tensor] = []
     hook = module.register_forward_hook(
         lambda _m, _i, output: captured.append(output.detach().float().flatten(1).cpu())
     )
     try:
-        with torch.no_grad(), autocast(dev, precision(loaded)):
-            for batch, index, bad in tqdm(loader, desc=f"features {layer}", unit="batch", leave=False):
-                unreadable += bad
-                if batch is None:
-                    continue
-                loaded.model(preprocess(batch.to(dev)))
-                rows.append(captured.pop())
-                kept += index
+        for batch, index, bad in tqdm(loader, desc=f"features {layer}", unit="batch", leave=False):
+            unreadable += bad
+            if batch is None:
+                continue
+            loaded.logits(loaded.views(batch)[0])  # the centre patch, in the checkpoint's precision
+            rows.append(captured.pop())
+            kept += index
     finally:
         hook.remove()
     return rows, kept, unreadable
@@ -91,8 +90,7 @@ def extract(
     device: str = "auto",
 ) -> dict:
     """Write OUT (see the module docstring); returns a summary."""
-    dev = resolve_device(device)
-    loaded = load_inference(checkpoint, dev)
+    loaded = load_inference(checkpoint, resolve_device(device))
     names = layer_names(loaded)
     if layer not in names:
         raise UserError(f"--layer {layer}: not a layer of {checkpoint} ({', '.join(names)})")
@@ -110,7 +108,7 @@ def extract(
         num_workers=workers,
         collate_fn=_readable,
     )
-    rows, kept, unreadable = _activations(loaded, module, loader, dev, layer)
+    rows, kept, unreadable = _activations(loaded, module, loader, layer)
     if not kept:
         raise UserError(f"{data}: no readable image")
     features = torch.cat(rows)

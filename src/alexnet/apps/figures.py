@@ -210,17 +210,19 @@ def neighbors_command(
     from ..core.checkpoint import load_inference
     from ..data.datasets import load_split
     from ..run.runtime import resolve_device
-    from .inspection import preprocess_for
 
     _check_counts(queries, k, batch_size, limit_train)
     dev = resolve_device(device)
     key = checkpoint_key(path)  # before loading: a checkpoint replaced meanwhile is not this model
     loaded = load_inference(path, dev)
-    overrides = {"name": data, "data_dir": data_dir}
-    data_cfg = dataclasses.replace(loaded.config.data, **{k: v for k, v in overrides.items() if v is not None})
-    # every training image once, in file order, unaugmented; strict: a skipped unreadable
-    # file would shift the positions that index the training images
-    train = load_split(True, data_cfg, batch_size, limit=limit_train, ordered=True, strict=True)
+    overrides = {k: v for k, v in {"name": data, "data_dir": data_dir}.items() if v is not None}
+    # every training image once (up to --limit-train), in file order, unaugmented; strict: a
+    # skipped unreadable file would shift the positions that index the training images; the
+    # queries from the whole validation split
+    data_cfg = dataclasses.replace(
+        loaded.config.data, limit_train=limit_train, limit_val=None, strict=True, **overrides
+    )
+    train = load_split(True, data_cfg, batch_size, ordered=True)
     if k > train.size:
         raise UserError(f"--k {k} is more than the {train.size} training images")
     source = train if query_split == "train" else load_split(False, data_cfg, batch_size, ordered=True)
@@ -232,10 +234,9 @@ def neighbors_command(
     pick = torch.randperm(source.size, generator=torch.Generator().manual_seed(seed))[:queries].tolist()
     q_images, q_labels = source.loader.items(pick)
 
-    preprocess = preprocess_for(loaded)  # evaluation's, as `alexnet serve` builds the same index
     # the queries' codes first: a model whose fc7 overflows is refused before the index is built
-    codes = None if query_split == "train" else fc7_codes(loaded.model, preprocess, q_images, dev)
-    index = fc7_index(loaded.model, preprocess, train, path, key, limit_train, dev)
+    codes = None if query_split == "train" else fc7_codes(loaded, q_images)
+    index = fc7_index(loaded, train, path, key, limit_train)  # as `alexnet serve` builds it
     codes = index.features[pick] if codes is None else codes
     found = index.nearest(codes, k)
     rows, nn_images = _neighbor_rows(train, found, pick, q_labels, query_split)

@@ -1,14 +1,14 @@
 """What `alexnet serve` shows, computed without HTTP: plain dicts with PNG data URLs.
 
 Every function takes a loaded checkpoint (checkpoint.Inference: the model in eval mode on
-its device, its config, class names and mean image) and a uint8 (C, H, W) image at the
-data's stored size, as a loader yields it or decode_upload makes it from a file's bytes.
-The network's input comes from the same augment.Preprocess as evaluation (mean
-subtraction, std, the centre patch; §4.1's ten patches for the 10-patch average) and runs
-in the checkpoint's precision (runtime.autocast), so what the page shows is what
-`alexnet predict` and `alexnet evaluate` compute.
+its device, its preprocessing and precision, config, class names and mean image) and a
+uint8 (C, H, W) image at the data's stored size, as a loader yields it or decode_upload
+makes it from a file's bytes. The network's input and output are the Inference's (mean
+subtraction, std, the centre patch or §4.1's ten patches; the checkpoint's precision),
+so what the page shows is what `alexnet predict` and `alexnet evaluate` compute.
 
-- predict:     top-k of the centre patch, or the softmax averaged over the ten patches (§4.1).
+- classify_image: top-k of the centre patch, or of the softmax averaged over the ten
+               patches (§4.1).
 - activations: each conv stage of `features` after its ReLU/LRN/pool and fc6/fc7 after
                their ReLU, caught by forward hooks; a conv layer is one grid of tiles per
                tower (§3.2's GPUs) where the model is grouped.
@@ -38,10 +38,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.augment import Preprocess
 from ..data.datasets import load_image, stored_transform
 from ..run.errors import UserError
-from ..run.runtime import autocast, stored_precision
 from ..run.tblog import normalise_kernels
 
 if TYPE_CHECKING:
@@ -164,32 +162,18 @@ def heat_colours(v: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- running the model
 
 
-def device_of(loaded: Inference) -> torch.device:
-    return next(loaded.model.parameters()).device
-
-
-def preprocess_for(loaded: Inference) -> Preprocess:
-    """Evaluation's preprocessing for this checkpoint, on its model's device."""
-    cfg = loaded.config
-    return Preprocess(cfg.data, cfg.model.input_size, device_of(loaded), cfg.train.channels_last, loaded.mean_image)
-
-
-def precision(loaded: Inference) -> str:
-    """The checkpoint's precision, as evaluate takes it (runtime.stored_precision)."""
-    return stored_precision(loaded.config.train.amp, device_of(loaded))
-
-
 def network_input(loaded: Inference, image: torch.Tensor) -> torch.Tensor:
     """The centre patch of a uint8 (C, H, W) image as the network's (1, C, S, S) input."""
-    return preprocess_for(loaded)(image[None].to(device_of(loaded)))
+    return loaded.views(image[None])[0]
 
 
-@torch.no_grad()
-def probabilities(loaded: Inference, x: torch.Tensor) -> torch.Tensor:
-    """Softmax of the model's outputs for a batch of inputs, float32 on the CPU."""
-    with autocast(device_of(loaded), precision(loaded)):
-        logits = loaded.model(x)
-    probs = torch.softmax(logits.float(), dim=1).cpu()
+def softmax(loaded: Inference, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the model's outputs for a batch of network inputs (already preprocessed:
+    occlusion greys parts of them), float32 on the CPU."""
+    return _finite(torch.softmax(loaded.logits(x), dim=1).cpu())
+
+
+def _finite(probs: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(probs).all():
         raise UserError("the model's outputs are not finite (NaN or infinity) for this image")
     return probs
@@ -199,21 +183,19 @@ def _prediction(loaded: Inference, i: int, p: float) -> dict:
     return {"class": loaded.classes[i], "name": loaded.class_names[i], "probability": p}
 
 
-def predict(loaded: Inference, image: torch.Tensor, topk: int = 5, ten_crop: bool = False) -> dict:
+def classify_image(loaded: Inference, image: torch.Tensor, topk: int = 5, ten_crop: bool = False) -> dict:
     """Top-k classes of the centre patch, or of the softmax averaged over §4.1's ten
-    patches (four corners, centre, and their mirrors); "input" is the centre patch as the
-    network sees it."""
+    patches (four corners, centre, and their mirrors): Inference.probabilities, as
+    `alexnet predict` and `alexnet evaluate` compute them; "input" is the centre patch as
+    the network sees it."""
     if topk < 1:
         raise UserError(f"topk must be at least 1, got {topk}")
-    pre = preprocess_for(loaded)
-    x = image[None].to(device_of(loaded))
-    views = pre.ten_crop(x) if ten_crop else [pre(x)]
-    probs = probabilities(loaded, torch.cat(views)).mean(0)
+    probs = _finite(loaded.probabilities(image[None], ten_crop)[0].cpu())
     top = probs.topk(min(topk, probs.numel()))
     return {
         "predictions": [_prediction(loaded, i, p) for p, i in zip(top.values.tolist(), top.indices.tolist())],
-        "input": data_url(input_image(views[TEN_CROP_CENTRE if ten_crop else 0][0])),
-        "patches": len(views),
+        "input": data_url(input_image(network_input(loaded, image)[0])),
+        "patches": 10 if ten_crop else 1,
     }
 
 
@@ -262,8 +244,7 @@ def capture(loaded: Inference, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
     handles = [s.module.register_forward_hook(keep(s.name)) for s in stages(loaded.model)]
     try:
-        with autocast(device_of(loaded), precision(loaded)):
-            loaded.model(x)
+        loaded.logits(x)
     finally:
         for h in handles:
             h.remove()
@@ -273,7 +254,7 @@ def capture(loaded: Inference, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def layer_shapes(loaded: Inference) -> list[dict]:
     """Each stage's name and output shape ([C, H, W] or [N]), from one forward of zeros."""
     m = loaded.config.model
-    x = torch.zeros(1, m.in_channels, m.input_size, m.input_size, device=device_of(loaded))
+    x = torch.zeros(1, m.in_channels, m.input_size, m.input_size, device=loaded.device)
     return [{"name": name, "shape": list(out.shape[1:])} for name, out in capture(loaded, x).items()]
 
 
@@ -358,11 +339,10 @@ def occlusion(loaded: Inference, image: torch.Tensor, window: int | None = None,
     it, drawn bright where greying the window lowers the probability most ("range": the
     probabilities at the bright and the dark end); the overlay blends it over the input.
     """
-    pre = preprocess_for(loaded)
-    x = pre(image[None].to(device_of(loaded)))
+    x = network_input(loaded, image)
     size = x.shape[-1]
     window, stride, starts = occlusion_grid(size, window, stride)
-    base = probabilities(loaded, x)[0]
+    base = softmax(loaded, x)[0]
     top = int(base.argmax())
     corners = [(t, left) for t in starts for left in starts]
     probs = []
@@ -371,7 +351,7 @@ def occlusion(loaded: Inference, image: torch.Tensor, window: int | None = None,
         xs = x.repeat(len(chunk), 1, 1, 1)
         for j, (t, left) in enumerate(chunk):
             xs[j, :, t : t + window, left : left + window] = 0
-        probs.append(probabilities(loaded, xs.contiguous(memory_format=pre.memory_format))[:, top])
+        probs.append(softmax(loaded, xs.contiguous(memory_format=loaded.preprocess.memory_format))[:, top])
     p = torch.cat(probs).double().numpy()
     total, count = np.zeros((size, size)), np.zeros((size, size))
     for (t, left), v in zip(corners, p):

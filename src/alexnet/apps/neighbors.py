@@ -1,7 +1,7 @@
 """Figure 4's neighbours: the fc7 code of every training image, indexed once and searched.
 
 The index holds the fc7 activations (model.penultimate, eval mode, evaluation's
-preprocessing) of every training image in file order, fp16 on the CPU, as safetensors
+preprocessing: the checkpoint's Inference) of every training image in file order, fp16 on the CPU, as safetensors
 cached beside the checkpoint (or in the cache folder when that is read-only), tied to the
 checkpoint's bytes and to the data. `alexnet neighbors`, `alexnet serve`'s neighbours and
 figures.py's Figure 4 search the same index: Euclidean distance, in chunks of SEARCH_CHUNK
@@ -23,16 +23,15 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from ..config import cache_dir
-from ..core.augment import Preprocess
 from ..run.errors import DiskFull, UserError
 from ..run.jsonio import atomic_write
-from .inspection import data_url, device_of, image_array, preprocess_for
+from .inspection import data_url, image_array
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from ..core.checkpoint import Inference
-    from ..core.model import AlexNet
+    from ..core.engine import Classifier
     from ..data.loaders import Loader, Split
 
 INDEX_BATCH = 256  # training images per forward pass while building the fc7 index
@@ -42,21 +41,22 @@ SEARCH_CHUNK = 8192  # index rows per distance computation (8192 x 4096 fp32: 12
 
 
 @torch.no_grad()
-def fc7_features(model: AlexNet, preprocess: Preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """fc7 activations (model.penultimate, eval mode, fp32) of uint8 images, as evaluation
-    preprocesses them (mean subtraction, std, centre crop)."""
-    model.eval()
-    return model.penultimate(preprocess(images.to(device), train=False)).float()
+def fc7_features(net: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """fc7 activations (model.penultimate, eval mode, fp32 whatever the precision: the
+    index's distances) of uint8 images, as evaluation preprocesses them (mean
+    subtraction, std, centre crop)."""
+    net.model.eval()
+    return net.model.penultimate(net.views(images)[0]).float()
 
 
-def fc7_codes(model: AlexNet, preprocess: Preprocess, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def fc7_codes(net: Classifier, images: torch.Tensor) -> torch.Tensor:
     """fc7 activations as the index stores them: fp16 on the CPU (saturated at fp16's
     largest value rather than infinite). Queries are rounded the same way, so an image
     that is in the index is at distance 0 from itself.
 
     Activations that are already infinite or NaN in fp32 (a model whose weights overflow)
     are refused: saturated, every image would be at distance 0 from every other."""
-    features = fc7_features(model, preprocess, images, device)
+    features = fc7_features(net, images)
     if not torch.isfinite(features).all():
         raise UserError(
             "fc7 activations are not finite (the weights overflow on these images): no meaningful nearest neighbours"
@@ -96,14 +96,12 @@ def nearest(queries: torch.Tensor, chunks: Iterable[torch.Tensor], k: int) -> di
 
 
 @torch.no_grad()
-def nearest_neighbors(
-    model: AlexNet, preprocess: Preprocess, queries: torch.Tensor, train_loader: Loader, k: int, device: torch.device
-) -> dict:
+def nearest_neighbors(net: Classifier, queries: torch.Tensor, train_loader: Loader, k: int) -> dict:
     """The search without an index, in fp32: fc7 of every batch of train_loader (every
     training image once, in order) against the queries' (uint8 images), streamed. The
     reference the index's search is tested against."""
-    q = fc7_features(model, preprocess, queries, device)
-    return nearest(q, (fc7_features(model, preprocess, images, device) for images, _ in train_loader), k)
+    q = fc7_features(net, queries)
+    return nearest(q, (fc7_features(net, images) for images, _ in train_loader), k)
 
 
 @dataclass
@@ -174,13 +172,11 @@ def _stderr(line: str) -> None:
 
 
 def fc7_index(
-    model: AlexNet,
-    preprocess: Preprocess,
+    net: Classifier,
     split: Split,
     checkpoint: str | Path,
     key: dict[str, str] | None,
     limit: int | None,
-    device: torch.device,
     log: Callable[[str], None] = _stderr,
 ) -> Fc7Index:
     """The fc7 index of `split` (every training image once, in order: an ordered, strict
@@ -204,7 +200,7 @@ def fc7_index(
     start = time.perf_counter()
     feats, labels = [], []
     for images, y in split.loader:
-        feats.append(fc7_codes(model, preprocess, images, device))
+        feats.append(fc7_codes(net, images))
         labels.append(y.to(torch.int64))
     features, labels_ = torch.cat(feats), torch.cat(labels)
     seconds = time.perf_counter() - start
@@ -230,8 +226,7 @@ def neighbors(loaded: Inference, index: Fc7Index, image: torch.Tensor, k: int) -
     """The k training images nearest to the image's centre patch in fc7 (Figure 4)."""
     if not 1 <= k <= index.size:
         raise UserError(f"k must be from 1 to the {index.size:,} training images, got {k}")
-    pre = preprocess_for(loaded)
-    code = fc7_codes(loaded.model, pre, image[None], device_of(loaded))
+    code = fc7_codes(loaded, image[None])
     found = index.nearest(code, k)
     idx = found["indices"][0].tolist()
     images, labels = index.split.loader.items(idx)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.checkpoint import load_inference
+from ..core.engine import Classifier
 from ..core.rundir import read_metrics
 from ..data.datasets import load_split
 from ..run.errors import UserError
@@ -31,13 +32,11 @@ from ..run.runtime import resolve_device
 from .admission import MAX_WAIT, POLL, Admission, Busy, Costs, Gone
 from .inspection import (
     activations,
-    device_of,
+    classify_image,
     filters,
     layer_shapes,
     occlusion,
     occlusion_grid,
-    predict,
-    preprocess_for,
     towers,
 )
 from .neighbors import INDEX_BATCH, Fc7Index, checkpoint_key, fc7_index, neighbors
@@ -146,7 +145,7 @@ class Session:
             if self._samples is None:
                 self._samples = {}
                 try:
-                    split = load_split(False, self.data, 64, limit=self.data.limit_val, ordered=True)
+                    split = load_split(False, self.data, 64, ordered=True)
                     pick = torch.randperm(split.size, generator=torch.Generator().manual_seed(0))[:SAMPLES]
                     images, labels = split.loader.items(sorted(pick.tolist())) if split.size else ([], [])
                     for i, y, img in zip(sorted(pick.tolist()), labels, images):
@@ -167,8 +166,8 @@ class Session:
         with self._data_lock:
             if self._train is None:
                 try:
-                    limit = self.data.limit_train
-                    self._train = load_split(True, self.data, INDEX_BATCH, limit=limit, ordered=True, strict=True)
+                    strict = dataclasses.replace(self.data, strict=True)
+                    self._train = load_split(True, strict, INDEX_BATCH, ordered=True)
                 except UserError as e:
                     self._train = f"no neighbours: the training data is not readable here ({e})"
             if isinstance(self._train, str):
@@ -202,12 +201,12 @@ class Session:
             self._building = building = _Build(_Counted(split.loader), split.size, measured)
         index = None
         try:
-            model = copy.deepcopy(self.loaded.model)
-            pre, dev = preprocess_for(self.loaded), device_of(self.loaded)
+            # a copy of the network: activations puts its hooks on the served model itself
+            net = Classifier(copy.deepcopy(self.loaded.model), self.loaded.preprocess, self.loaded.precision)
             counted = dataclasses.replace(split, loader=building.loader)
-            index = fc7_index(model, pre, counted, self.checkpoint, self.key, self.data.limit_train, dev)
+            index = fc7_index(net, counted, self.checkpoint, self.key, self.data.limit_train)
             index = dataclasses.replace(index, split=split)
-            del model
+            del net
             if index.built_seconds > 0:
                 self.costs.record("index", index.built_seconds, split.size)
         finally:
@@ -242,7 +241,7 @@ class Session:
 
     def _compute(self, action: str, image: torch.Tensor, params: dict[str, Any], index: Fc7Index | None) -> dict:
         if action == "predict":
-            return predict(self.loaded, image, params["topk"], params["ten_crop"])
+            return classify_image(self.loaded, image, params["topk"], params["ten_crop"])
         if action == "activations":
             return activations(self.loaded, image)
         if action == "occlusion":

@@ -24,6 +24,9 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..config import ModelConfig, RunConfig
 from ..run.errors import UserError
 from ..run.jsonio import atomic_write, to_json
+from ..run.runtime import stored_precision
+from .augment import Preprocess
+from .engine import Classifier
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"
@@ -187,19 +190,44 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> AlexNe
 
 
 @dataclass
-class Inference:
-    """What evaluation and prediction need from a checkpoint."""
+class Inference(Classifier):
+    """A checkpoint loaded for evaluation and prediction: the Classifier (the model in eval
+    mode on the device, in its run's memory format; evaluation's preprocessing with the
+    training set's mean image; the run's precision as runtime.stored_precision allows it
+    on this device), and what names its outputs. `probabilities(images)` is the softmax
+    of a uint8 batch (averaged over §4.1's ten patches with ten_crop=True): what
+    evaluate, predict, serve, features and neighbors all run."""
 
-    model: AlexNet  # in eval mode, on the device
     config: RunConfig
     classes: list[str]  # as the data names them (folder names, wnids)
     class_names: list[str]  # for people (ImageNet: "tench" for n01440764)
     mean_image: torch.Tensor | None  # the training set's, if the model was trained with one
 
+    @classmethod
+    def of(
+        cls,
+        model: AlexNet,
+        config: RunConfig,
+        classes: list[str],
+        class_names: list[str] | None = None,
+        mean_image: torch.Tensor | None = None,
+        amp: str | None = None,
+    ) -> Inference:
+        """The model (on its device) as its run evaluates it; amp: another precision than
+        the run's (evaluate --amp), under the same rule."""
+        device = next(model.parameters()).device
+        channels_last = config.train.channels_last
+        model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
+        preprocess = Preprocess(config.data, config.model.input_size, device, channels_last, mean_image)
+        precision = stored_precision(config.train.amp if amp is None else amp, device)
+        return cls(model, preprocess, precision, config, classes, class_names or classes, mean_image)
 
-def load_inference(path: str | Path, device: torch.device) -> Inference:
+
+def load_inference(path: str | Path, device: torch.device, amp: str | None = None) -> Inference:
+    """A checkpoint (training .pt or safetensors) ready for inference on `device`; amp: a
+    precision other than the run's (evaluate --amp)."""
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, path).to(device).eval()
+    model = model_from_checkpoint(ckpt, path).to(device)
     classes = list(ckpt["classes"])
     config = RunConfig.from_dict(ckpt["config"])
     mean_image, size = ckpt.get("mean_image"), config.data.resize
@@ -209,7 +237,7 @@ def load_inference(path: str | Path, device: torch.device) -> Inference:
             f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
             f"{size}x{size}"
         )
-    return Inference(model, config, classes, list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
+    return Inference.of(model, config, classes, list(ckpt.get("class_names") or classes), mean_image, amp)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:

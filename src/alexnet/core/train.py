@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +58,16 @@ from ..run.runtime import (
 )
 from .augment import Preprocess
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_weights
-from .engine import Span, Stepper, Watch, evaluate_loader, train_one_epoch, train_step
+from .engine import (
+    Classifier,
+    EpochResult,
+    Evaluation,
+    Training,
+    Watch,
+    evaluate_loader,
+    train_one_epoch,
+    train_step,
+)
 from .finetune import freeze, init_from, source_config
 from .lrn import select_kernel
 from .model import AlexNet, count_parameters
@@ -123,7 +132,7 @@ class Run:
     dir: RunDir
     data: RunData
     model: AlexNet
-    step: Stepper  # the network as trained, optimiser, scaler, preprocessing, precision
+    step: Training  # the network as trained, optimiser, scaler, preprocessing, precision, seed
     schedule: Schedule
     health: HealthMonitor
     started: float  # perf_counter at the start: a budget counts from here
@@ -131,7 +140,7 @@ class Run:
     epoch: int = 0  # the next epoch (0-based)
     first_step: int = 0  # its first batch (after a mid-epoch stop)
     best_top1: float = -1.0
-    val: dict = field(default_factory=dict)  # the last validation's metrics
+    val: Evaluation | None = None  # the last validation's metrics
 
     @property
     def steps_per_epoch(self) -> int:
@@ -195,7 +204,7 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     t = cfg.train
     optimizer = make_optimizer(model, t)
     schedule = Schedule(optimizer, t, len(data.train.loader))
-    step = Stepper(
+    step = Training(
         _wrap(model, t, d, device),
         optimizer,
         grad_scaler(device, t.amp),
@@ -204,6 +213,7 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
         t.amp,
         t.label_smoothing,
         schedule.after_step,
+        t.seed,
     )
     run = Run(
         cfg,
@@ -263,8 +273,8 @@ def _load_data(
     """The data stage: both splits (this process's share), their classes, and the mean image
     (a fine-tune's comes from its checkpoint, `source`)."""
     t, data = cfg.train, cfg.data
-    train_split = load_split(True, data, t.batch_size, t.seed, data.limit_train, d=d, strict=data.strict)
-    val_split = load_split(False, data, t.batch_size, t.seed, data.limit_val, d=d)
+    train_split = load_split(True, data, t.batch_size, t.seed, d=d)
+    val_split = load_split(False, data, t.batch_size, t.seed, d=d)
     classes = train_split.classes
     if classes != val_split.classes:
         raise UserError(f"{data.name}: the training and validation classes differ")
@@ -286,7 +296,7 @@ def _mean_image(
     if ckpt is not None and ckpt.get("mean_image") is not None:
         return ckpt["mean_image"], []
     t = cfg.train
-    stats_split = load_split(True, cfg.data, t.batch_size, limit=cfg.data.limit_train, ordered=True, d=d)
+    stats_split = load_split(True, cfg.data, t.batch_size, ordered=True, d=d)
     image = cached_mean_image(cfg.data, stats_split, Path(t.out), log=log, device=device, d=d)
     return image, list(stats_split.loader.unreadable)
 
@@ -574,27 +584,25 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     lr_used = run.schedule.start_epoch()
     events_before = len(run.health.events)
     tr = _train_epoch(run, signals)
-    run.health.epoch(tr["loss"])
-    if tr["stopped"]:  # mid-epoch: save where we are, resume continues with the next batch
-        _stop(run, signals, {"epoch": epoch, "step_in_epoch": tr["steps"]})
+    run.health.epoch(tr.loss)
+    if tr.stopped:  # mid-epoch: save where we are, resume continues with the next batch
+        _stop(run, signals, {"epoch": epoch, "step_in_epoch": tr.steps})
     if run.cfg.plan.get("budget"):
-        _keep_to_budget(
-            run, epoch * run.steps_per_epoch + tr["steps"], tr["seconds"] / max(1, tr["steps"] - run.first_step)
-        )
+        _keep_to_budget(run, epoch * run.steps_per_epoch + tr.steps, tr.seconds / max(1, tr.steps - run.first_step))
     run.first_step = 0
     validate = _validates(run.cfg.train, epoch)
     if validate:
         _validate(run, epoch)
-    drop = run.schedule.end_epoch(run.val.get("top1_error"))
+    drop = run.schedule.end_epoch(run.val.top1_error if run.val else None)
     if drop:
         run.log(f"alexnet: {drop}")
     row = _metrics_row(
         run, tr, lr_used, validate, time.perf_counter() - epoch_started, run.health.events[events_before:]
     )
     run.log(_epoch_line(run, row, tr, validate), flush=True)
-    is_best = validate and run.val["top1"] > run.best_top1
+    is_best = validate and run.val.top1 > run.best_top1
     if validate:
-        run.best_top1 = max(run.best_top1, run.val["top1"])
+        run.best_top1 = max(run.best_top1, run.val.top1)
     run.dir.end_epoch(row, run.model)
     run.epoch = epoch + 1
     finished = run.schedule.finished
@@ -606,9 +614,8 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     return finished
 
 
-def _train_epoch(run: Run, signals: _StopSignals) -> dict:
+def _train_epoch(run: Run, signals: _StopSignals) -> EpochResult:
     t, epoch = run.cfg.train, run.epoch
-    span = Span(epoch, run.first_step, _last_step(t, epoch, run.steps_per_epoch), t.seed)
     watch = Watch(
         run.d,
         run.health,
@@ -618,49 +625,45 @@ def _train_epoch(run: Run, signals: _StopSignals) -> dict:
         desc=f"epoch {epoch + 1}/{t.epochs}",
     )
     try:
-        return train_one_epoch(run.step, run.data.train.loader, span, watch)
+        last = _last_step(t, epoch, run.steps_per_epoch)
+        return train_one_epoch(run.step, run.data.train.loader, epoch, run.first_step, last, watch)
     except Unhealthy as e:
         _diverged(run, e.event.message)
 
 
 def _validate(run: Run, epoch: int) -> None:
+    net = Classifier(run.model, run.step.preprocess, run.cfg.train.amp)  # not DDP's: no collective per batch
     run.val = evaluate_loader(
-        run.model,
-        run.data.val.loader,
-        run.step.preprocess,
-        run.device,
-        run.cfg.train.amp,
-        desc="validate",
-        mirror=run.cfg.train.eval_mirror,
-        d=run.d,
-        show=run.d.main,
+        net, run.data.val.loader, mirror=run.cfg.train.eval_mirror, d=run.d, show=run.d.main, desc="validate"
     )
-    event = run.health.validation(epoch + 1, run.val["loss"])
+    event = run.health.validation(epoch + 1, run.val.loss)
     if event is not None:  # the epoch's weights are not kept
         _diverged(run, event.message)
 
 
-def _metrics_row(run: Run, tr: dict, lr_used: float, validate: bool, seconds: float, events: list[HealthEvent]) -> dict:
+def _metrics_row(
+    run: Run, tr: EpochResult, lr_used: float, validate: bool, seconds: float, events: list[HealthEvent]
+) -> dict:
     """metrics.csv's row of the epoch just trained (rundir.METRIC_FIELDS)."""
     val = run.val
     return {
         "epoch": run.epoch + 1,
-        "step": run.epoch * run.steps_per_epoch + tr["steps"],
+        "step": run.epoch * run.steps_per_epoch + tr.steps,
         "lr": lr_used,
-        "train_loss": tr["loss"],
-        "train_acc": tr["acc"],
-        **({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]} if validate else {}),
+        "train_loss": tr.loss,
+        "train_acc": tr.top1,
+        **({"val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5} if validate else {}),
         "epoch_seconds": seconds,
-        "train_images_per_s": tr["images_per_s"],
+        "train_images_per_s": tr.images_per_s,
         "health": " ".join(e.kind for e in events),
     }
 
 
-def _epoch_line(run: Run, row: dict, tr: dict, validate: bool) -> str:
+def _epoch_line(run: Run, row: dict, tr: EpochResult, validate: bool) -> str:
     t, val = run.cfg.train, run.val
     if validate:
-        checked = f"val loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" + (
-            f" ({val['unreadable']} unreadable skipped)" if val["unreadable"] else ""
+        checked = f"val loss {val.loss:.4f} top-1 {val.top1:.4f} top-5 {val.top5:.4f}" + (
+            f" ({val.unreadable} unreadable skipped)" if val.unreadable else ""
         )
     else:
         checked = "validation at the end" if t.val_every == 0 else "not validated"
@@ -670,8 +673,8 @@ def _epoch_line(run: Run, row: dict, tr: dict, validate: bool) -> str:
         else ""
     )
     return (
-        f"epoch {row['epoch']}/{t.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | {checked} | "
-        f"{tr['images_per_s']:.0f} img/s, {row['epoch_seconds']:.1f} s{budget}"
+        f"epoch {row['epoch']}/{t.epochs}: train loss {tr.loss:.4f} acc {tr.top1:.4f} | {checked} | "
+        f"{tr.images_per_s:.0f} img/s, {row['epoch_seconds']:.1f} s{budget}"
     )
 
 
@@ -788,7 +791,7 @@ def _finish(run: Run) -> dict:
         )
     if run.d.main:
         save_weights(run.dir.weights, run.model, run.cfg, run.data.classes, run.data.mean_image, run.data.class_names)
-    verdict = run.health.final(run.epoch * run.steps_per_epoch, run.val.get("top1"))
+    verdict = run.health.final(run.epoch * run.steps_per_epoch, run.val.top1 if run.val else None)
     if verdict is not None:
         run.log(f"alexnet: warning: {verdict.message}")
     warnings = [e for e in run.health.events if not e.fatal]
@@ -796,7 +799,7 @@ def _finish(run: Run) -> dict:
     summary = _summary(
         run,
         "finished with warnings" if warnings else "done",
-        val=run.val,
+        val=run.val.to_dict() if run.val else {},
         epochs_done=run.epoch,
         budget=t.budget if run.cfg.plan.get("budget") else None,
         checkpoint=str(run.dir.last),

@@ -240,21 +240,18 @@ def folder_split(
 
 
 def load_split(
-    train: bool,
-    cfg: DataConfig,
-    batch_size: int,
-    seed: int = 0,
-    limit: int | None = None,
-    ordered: bool = False,
-    d: Dist = Dist(),
-    strict: bool = False,
+    train: bool, cfg: DataConfig, batch_size: int, seed: int = 0, ordered: bool = False, d: Dist = Dist()
 ) -> Split:
-    """This process's share of the training (train=True) or validation/test split.
+    """This process's share of the training (train=True) or validation/test split, as the
+    config says: its limit_train or limit_val images (a fixed subset), and for the
+    training split its strictness (cfg.strict: an unreadable file stops the run instead of
+    being skipped and listed).
 
     batch_size is the global batch (split over the processes of `d`). The training split
     is shuffled from (seed, epoch) and drops its last partial batch, unless `ordered`:
-    every image once in file order, for statistics. See ShardedBatches.
+    every image once in file order, for statistics and the fc7 index. See ShardedBatches.
     """
+    limit, strict = (cfg.limit_train, cfg.strict) if train else (cfg.limit_val, False)
     if is_fashion_mnist(cfg):
         return fashion_mnist_split(train, cfg, batch_size, seed, limit, ordered, d)
     if is_packed(cfg.name):

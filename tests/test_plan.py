@@ -15,7 +15,7 @@ import torch
 
 from alexnet.apps.cli import main
 from alexnet.core.recipes import resolve
-from alexnet.run import plan
+from alexnet.run import measurements, plan
 from alexnet.run.errors import UserError
 from alexnet.run.plan import (
     BudgetPlan,
@@ -165,15 +165,18 @@ STEP_SECONDS = {"off": 10.0, "bf16": 20.0, "eval": 0.01}
 
 
 @pytest.fixture
-def mocked_speed(monkeypatch):
+def mocked_speed(monkeypatch, tmp_path):
+    # no other test's measurements (the kernel's build stays in the session's cache)
+    monkeypatch.setattr(measurements, "_path", lambda: tmp_path / "measurements.json")
+
     def fake(steps, **kwargs):
         return {name: STEP_SECONDS[name] for name in steps}
 
     monkeypatch.setattr(plan, "time_steps", fake)
-    monkeypatch.setattr("alexnet.core.train.time_steps", fake)
+    monkeypatch.setattr("alexnet.core.machine.time_steps", fake)
     # the real steps take milliseconds, not the mocked 10 s: the pace check would lengthen the
     # plan (test_a_run_behind_its_plan... tests the revisions)
-    monkeypatch.setattr("alexnet.core.train.revised_steps", lambda *args, **kwargs: None)
+    monkeypatch.setattr(plan, "revised_steps", lambda *args, **kwargs: None)
 
 
 def _weights(out):
@@ -247,7 +250,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_pa
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part)]) == 0
     shutil.copy(part / "epoch1.pt", part / "last.pt")
     STEP_SECONDS_FAST = {"off": 1.0, "bf16": 0.1, "eval": 0.01}  # would plan bf16 and 30 epochs
-    monkeypatch.setattr("alexnet.core.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
+    monkeypatch.setattr("alexnet.core.machine.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     monkeypatch.setattr(plan, "time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part), "--resume"]) == 0
     cfg = json.loads((part / "config.json").read_text())
@@ -288,7 +291,7 @@ def test_a_run_off_its_pace_is_replanned_and_still_anneals(
         calls.append(args)
         return revised if len(calls) == 1 else None
 
-    monkeypatch.setattr("alexnet.core.train.revised_steps", pace)
+    monkeypatch.setattr(plan, "revised_steps", pace)
     out = tmp_path / "replanned"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0
     log = capsys.readouterr().out
@@ -397,7 +400,7 @@ class _SlowLoader:
 
 
 def test_the_plan_times_a_loader_that_works_in_processes():
-    from alexnet.core.train import _loader_seconds
+    from alexnet.core.machine import loader_seconds as _loader_seconds
 
     assert _loader_seconds(_SlowLoader(workers=0, seconds=0.05)) is None  # in memory: part of the step
     s = _loader_seconds(_SlowLoader(workers=2, seconds=0.05))

@@ -76,4 +76,11 @@ def _evaluate(
     )
     if not d.main:
         return None
-    return {"checkpoint": str(path), "data": data_cfg.name, "precision": amp, "processes": d.world, **result}
+    return {
+        "checkpoint": str(path),
+        "data": data_cfg.name,
+        "precision": amp,
+        "lrn": loaded.lrn,
+        "processes": d.world,
+        **result,
+    }

@@ -132,4 +132,5 @@ def extract(
         "dim": features.shape[1],
         "classes": len(classes),
         "unreadable": unreadable,
+        "lrn": loaded.lrn,
     }

@@ -634,6 +634,7 @@ def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, device:
     ins = httpd.inspector
     _stop_on_signals()
     print(f"alexnet: serving {ins.checkpoint} ({ins.config.model.name}) at {httpd.url} (Ctrl-C to stop)", flush=True)
+    print(f"alexnet: LRN {ins.loaded.lrn}", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from ..config import ModelConfig, RunConfig
 from ..run.errors import UserError
 from ..run.jsonio import atomic_write, to_json
+from .machine import select_lrn
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"
@@ -186,11 +187,16 @@ class Inference:
     classes: list[str]  # as the data names them (folder names, wnids)
     class_names: list[str]  # for people (ImageNet: "tench" for n01440764)
     mean_image: torch.Tensor | None  # the training set's, if the model was trained with one
+    lrn: str = ""  # the LRN kernel chosen for this machine, and why (machine.select_lrn)
 
 
-def load_inference(path: str | Path, device: torch.device) -> Inference:
+def load_inference(path: str | Path, device: torch.device, lrn_kernel: str = "auto") -> Inference:
+    """A checkpoint ready for evaluation and prediction on `device`: the model in eval mode,
+    its LRN kernel chosen once here (`lrn_kernel`; auto: the machine's cached check and
+    timing, made on the first use), its config, classes and mean image."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
+    choice = select_lrn(model, device, lrn_kernel)
     classes = list(ckpt["classes"])
     config = RunConfig.from_dict(ckpt["config"])
     mean_image, size = ckpt.get("mean_image"), config.data.resize
@@ -200,7 +206,8 @@ def load_inference(path: str | Path, device: torch.device) -> Inference:
             f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
             f"{size}x{size}"
         )
-    return Inference(model, config, classes, list(ckpt.get("class_names") or classes), ckpt.get("mean_image"))
+    lrn = f"{'fused kernel' if choice.kernel == 'fused' else 'torch operations'} ({choice.reason})"
+    return Inference(model, config, classes, list(ckpt.get("class_names") or classes), ckpt.get("mean_image"), lrn)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,16 @@ def broadcast_tensor(t: torch.Tensor | None, shape: tuple[int, ...], device: tor
     on = t.to(device, torch.float32) if d.main and t is not None else torch.empty(shape, device=device)
     dist.broadcast(on, src=0)
     return on.cpu()
+
+
+def broadcast_object(obj: Any, device: torch.device, d: Dist) -> Any:
+    """The main process's picklable `obj` on every process (torch.distributed's
+    broadcast_object_list; NCCL moves it through `device`)."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
 
 
 def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:

@@ -12,6 +12,12 @@ capability 8.0, Ampere, and later: a small model's step may be bound by kernel l
 where bf16 gains nothing), else fp16 with a loss scaler. A time budget
 (`--budget 5m`) is turned into a number of epochs from the same measurement, before the
 first real step, so the run is the one `--epochs N` gives.
+
+The decisions are one `Plan` (precision, LRN kernel, length, with their measurements and
+reasons): `decide` makes a new run's, `resumed` continues a checkpoint's, `Plan.revise`
+moves a budgeted run's end after its pace checks. The measuring itself comes in as
+`Probes` (core/machine.py builds them, and caches their numbers between runs), so this
+module needs neither the model nor the data.
 """
 
 from __future__ import annotations

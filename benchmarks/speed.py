@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.config import TrainConfig
-from alexnet.core.lrn import select_kernel, using_kernel
+from alexnet.core.lrn import select_kernel, set_kernel
 from alexnet.core.model import build_model
 from alexnet.core.optim import make_optimizer
 from alexnet.run.plan import PRECISION_NAMES
@@ -171,14 +171,14 @@ def bench_small(args, device, sync) -> None:
     # "off-torch": fp32 with the LRN as torch operations, the fp32 path before the fused kernel
     for key, amp, lrn_kernel in (("off-torch", "off", "torch"), ("off", "off", kernel), ("bf16", "bf16", kernel)):
         model = build_model("small", init=m.init).to(device, memory_format=torch.channels_last)
+        set_kernel(model, lrn_kernel)
         opt = make_optimizer(model, cfg.train)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         x = torch.randn(b, 1, m.input_size, m.input_size, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (b,), device=device)
 
-        def step(model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp, lrn_kernel=lrn_kernel) -> None:
-            with using_kernel(lrn_kernel):
-                train_step(model, opt, scaler, x, y, amp, cfg.train.label_smoothing)
+        def step(model=model, opt=opt, scaler=scaler, x=x, y=y, amp=amp) -> None:
+            train_step(model, opt, scaler, x, y, amp, cfg.train.label_smoothing)
 
         steps[key] = step
     t = median_times(steps, args.repeats * 4, sync=sync)

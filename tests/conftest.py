@@ -185,13 +185,11 @@ def photo_folder_96(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def lrn_kernel():
-    """lrn_kernel("fused" | "torch" | "auto"): this test's LRN kernel, restored afterwards.
-    "fused" needs a C compiler: without one the test skips, unless ALEXNET_NATIVE_TESTS=required
-    (CI, which installs gcc), where it fails."""
+    """lrn_kernel("fused" | "torch" | "auto"): lrn.select_kernel's choice (for a layer's
+    `kernel`). "fused" needs a C compiler: without one the test skips, unless
+    ALEXNET_NATIVE_TESTS=required (CI, which installs gcc), where it fails."""
     from alexnet.core import lrn
     from alexnet.run import native
-
-    before = dict(lrn._kernel)
 
     def use(kernel: str) -> str:
         if kernel == "fused" and native.library() is None:
@@ -201,8 +199,7 @@ def lrn_kernel():
             pytest.skip(reason)
         return lrn.select_kernel(kernel)[0]
 
-    yield use
-    lrn._kernel.update(before)
+    return use
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 
 from alexnet.apps.cli import main
 from alexnet.config import DataConfig, TrainConfig
-from alexnet.core.optim import lr_drops, make_scheduler
+from alexnet.core.optim import lr_drops, plateau_scheduler
 from alexnet.data.datasets import load_image, load_split, stored_transform
 from alexnet.data.stats import mean_image, rgb_pca
 from conftest import WNIDS
@@ -91,7 +91,7 @@ def test_rgb_pca_matches_the_covariance_of_the_pixels(imagenet):
 def test_plateau_schedule_drops_when_the_error_stops_improving_and_stops_after_three():
     cfg = TrainConfig(lr=0.01, plateau_patience=2, plateau_threshold=0.002, lr_drops=3)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
-    sched = make_scheduler(opt, cfg, steps_per_epoch=10)
+    sched = plateau_scheduler(opt, cfg)
     errors = [0.9, 0.8, 0.7, 0.7, 0.699, 0.7, 0.6, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     drops_after, stopped_at = [], None
     for epoch, err in enumerate(errors, start=1):

@@ -238,14 +238,13 @@ def test_onnx_metadata_carries_a_mean_image(tmp_path, cli):
 def test_lrn_export_path_is_the_same_function():
     """The plain expression used while exporting gives the torch-operations Function's numbers
     exactly (the fused C kernel's are compared with float64 in test_lrn.py)."""
-    from alexnet.core.lrn import LocalResponseNorm, lrn_expression, using_kernel
+    from alexnet.core.lrn import LocalResponseNorm, lrn_expression
 
     lrn = LocalResponseNorm(96)
     x = torch.randn(2, 96, 13, 13) * 30
     for layout in (torch.contiguous_format, torch.channels_last):
         xl = x.contiguous(memory_format=layout)
-        with using_kernel("torch"):
-            assert torch.equal(lrn(xl), lrn_expression(xl, lrn.band, lrn.size, lrn.k, lrn.alpha, lrn.beta))
+        assert torch.equal(lrn(xl), lrn_expression(xl, lrn.band, lrn.size, lrn.k, lrn.alpha, lrn.beta))
 
 
 def test_export_bad_input(cli, tmp_path, one_line_error):

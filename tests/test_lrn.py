@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alexnet.core.lrn import LocalResponseNorm, using_kernel
+from alexnet.core.lrn import LocalResponseNorm
 from alexnet.run import native
 
 
@@ -133,7 +133,7 @@ def test_model_shapes_match_float64_forward_and_gradient(shape, channels_last, k
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     g = torch.randn(shape)
-    y = LocalResponseNorm(shape[1])(x)
+    y = LocalResponseNorm(shape[1], kernel=kernel)(x)
     y.backward(g)
     x64 = x.detach().double().requires_grad_()
     y64 = lrn_formula(x64)
@@ -157,10 +157,9 @@ def test_fused_bf16_is_one_rounding_from_float64(shape, lrn_kernel):
     y64.backward(g.double())
     errors = {}
     for kernel in ("fused", "torch"):
-        with using_kernel(kernel):
-            xk = x.clone(memory_format=torch.preserve_format).requires_grad_()
-            y = LocalResponseNorm(shape[1])(xk)
-            y.backward(g)
+        xk = x.clone(memory_format=torch.preserve_format).requires_grad_()
+        y = LocalResponseNorm(shape[1], kernel=kernel)(xk)
+        y.backward(g)
         assert y.dtype == xk.grad.dtype == torch.bfloat16
         errors[kernel] = (
             ((y.double() - y64).abs().max() / y64.abs().max()).item(),
@@ -174,7 +173,7 @@ def test_fused_kernel_takes_fp32_in_any_layout_and_bf16_in_channels_last(lrn_ker
     lrn_kernel("fused")
     calls = []
     monkeypatch.setattr(native, "lrn_forward", lambda x, *a: calls.append((x.dtype, x.shape)) or torch.zeros_like(x))
-    layer = LocalResponseNorm(6)
+    layer = LocalResponseNorm(6, kernel="fused")
     for dtype in (torch.float32, torch.bfloat16):
         for layout in (torch.contiguous_format, torch.channels_last):
             layer(torch.randn(2, 6, 3, 3, dtype=dtype).contiguous(memory_format=layout))
@@ -187,7 +186,6 @@ def test_no_grad_keeps_nothing_for_a_backward(monkeypatch):
     backward terms; with grad it does, and its gradient is unchanged."""
     layer = LocalResponseNorm(8)
     x = torch.randn(2, 8, 5, 5)
-    layer(x)  # the first call may choose the kernel (lrn.select_kernel), which times a backward
     saved = []
     original = torch.autograd.function.FunctionCtx.save_for_backward
     monkeypatch.setattr(

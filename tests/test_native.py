@@ -18,9 +18,7 @@ def fresh_build(monkeypatch, tmp_path):
     """native's build state emptied, its cache in tmp_path: the next library() call builds."""
     monkeypatch.setattr(native, "_state", {})
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
-    before = dict(lrn._kernel)
-    yield tmp_path
-    lrn._kernel.update(before)
+    return tmp_path
 
 
 @pytest.fixture
@@ -120,20 +118,32 @@ def test_fused_kernel_under_no_grad_and_for_other_sizes(lrn_kernel):
     torch.manual_seed(0)
     x = (torch.randn(3, 11, 4, 5) * 80).contiguous(memory_format=torch.channels_last)
     for size in (3, 7):
-        layer = LocalResponseNorm(11, size=size, beta=0.6)  # beta != 0.75: the powf path
+        layer = LocalResponseNorm(11, size=size, beta=0.6, kernel="fused")  # beta != 0.75: the powf path
         with torch.no_grad():
             y = layer(x)
         torch.testing.assert_close(y.double(), lrn_formula(x, n=size, beta=0.6), rtol=2e-6, atol=1e-5)
 
 
-def test_the_first_call_chooses_even_under_no_grad(fresh_build, lrn_kernel):
-    """evaluate and predict make the auto choice on their first LRN call, under no_grad
-    or inference_mode, where the check's own backward must still work."""
+def test_a_layer_builds_and_times_nothing_and_the_check_runs_under_no_grad(fresh_build, lrn_kernel, monkeypatch):
+    """A bare layer or AlexNet runs the torch operations: its forward builds no kernel and
+    times nothing (entry points choose, core/machine.select_lrn). The choice itself works
+    where an entry point may make it, under inference_mode, where the check's own backward
+    must still run."""
+    from alexnet.config import ModelConfig
+    from alexnet.core.model import AlexNet
+
     lrn_kernel("fused")  # skips without a compiler
-    lrn._kernel.update(chosen="", reason="")
+    model = AlexNet(ModelConfig(name="small", in_channels=1, num_classes=10, input_size=28))
+    assert model.lrn_kernel == "torch" and LocalResponseNorm(8).kernel == "torch"
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: pytest.fail("a forward built the kernel"))
+        m.setattr(lrn, "select_kernel", lambda *a: pytest.fail("a forward chose the kernel"))
+        with torch.inference_mode():
+            model(torch.randn(2, 1, 28, 28))
     with torch.inference_mode():
-        LocalResponseNorm(8)(torch.randn(2, 8, 3, 3))
-    assert lrn._kernel["chosen"] in ("fused", "torch") and lrn._kernel["reason"]
+        kernel, reason = lrn.select_kernel("auto")
+    assert kernel in ("fused", "torch") and reason
+    assert model.set_lrn_kernel("fused").lrn_kernel == "fused"
 
 
 def test_cc_with_words_and_a_cache_that_cannot_be_written(fresh_build, monkeypatch, lrn_kernel, tmp_path):
@@ -168,7 +178,6 @@ def test_a_run_resumes_where_its_fused_kernel_does_not_build(fashion_dir, tmp_pa
     assert rc == 0
     assert json.loads((out / "config.json").read_text())["train"]["lrn_kernel"] == "fused"
     monkeypatch.setattr(native, "_state", {"error": "no C compiler found (cc, gcc or clang; or set CC)"})
-    lrn._kernel.update(chosen="", reason="")
     rc, _, err = cli(*args, "--epochs", "2", "--resume", "--lrn-kernel", "fused")
     assert rc == 2 and "--lrn-kernel fused: no C compiler found" in err
     rc, stdout, _ = cli(*args, "--epochs", "2", "--resume")

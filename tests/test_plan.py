@@ -5,6 +5,7 @@ the arithmetic are checked exactly, and a budgeted run is checked to be the run 
 `--epochs N` gives, also when resumed.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import torch
 
 from alexnet.apps.cli import main
 from alexnet.core.recipes import resolve
-from alexnet.run import plan
+from alexnet.run import measurements, plan
 from alexnet.run.errors import UserError
 from alexnet.run.plan import (
     BudgetPlan,
@@ -165,15 +166,18 @@ STEP_SECONDS = {"off": 10.0, "bf16": 20.0, "eval": 0.01}
 
 
 @pytest.fixture
-def mocked_speed(monkeypatch):
+def mocked_speed(monkeypatch, tmp_path):
+    # no other test's measurements (the kernel's build stays in the session's cache)
+    monkeypatch.setattr(measurements, "_path", lambda: tmp_path / "measurements.json")
+
     def fake(steps, **kwargs):
         return {name: STEP_SECONDS[name] for name in steps}
 
     monkeypatch.setattr(plan, "time_steps", fake)
-    monkeypatch.setattr("alexnet.core.train.time_steps", fake)
+    monkeypatch.setattr("alexnet.core.machine.time_steps", fake)
     # the real steps take milliseconds, not the mocked 10 s: the pace check would lengthen the
     # plan (test_a_run_behind_its_plan... tests the revisions)
-    monkeypatch.setattr("alexnet.core.train.revised_steps", lambda *args, **kwargs: None)
+    monkeypatch.setattr(plan, "revised_steps", lambda *args, **kwargs: None)
 
 
 def _weights(out):
@@ -247,7 +251,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(mocked_speed, fashion_dir, tmp_pa
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part)]) == 0
     shutil.copy(part / "epoch1.pt", part / "last.pt")
     STEP_SECONDS_FAST = {"off": 1.0, "bf16": 0.1, "eval": 0.01}  # would plan bf16 and 30 epochs
-    monkeypatch.setattr("alexnet.core.train.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
+    monkeypatch.setattr("alexnet.core.machine.time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     monkeypatch.setattr(plan, "time_steps", lambda steps, **k: {n: STEP_SECONDS_FAST[n] for n in steps})
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(part), "--resume"]) == 0
     cfg = json.loads((part / "config.json").read_text())
@@ -288,7 +292,7 @@ def test_a_run_off_its_pace_is_replanned_and_still_anneals(
         calls.append(args)
         return revised if len(calls) == 1 else None
 
-    monkeypatch.setattr("alexnet.core.train.revised_steps", pace)
+    monkeypatch.setattr(plan, "revised_steps", pace)
     out = tmp_path / "replanned"
     assert main(["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s", "--out", str(out)]) == 0
     log = capsys.readouterr().out
@@ -397,9 +401,79 @@ class _SlowLoader:
 
 
 def test_the_plan_times_a_loader_that_works_in_processes():
-    from alexnet.core.train import _loader_seconds
+    from alexnet.core.machine import loader_seconds as _loader_seconds
 
     assert _loader_seconds(_SlowLoader(workers=0, seconds=0.05)) is None  # in memory: part of the step
     s = _loader_seconds(_SlowLoader(workers=2, seconds=0.05))
     assert 0.05 <= s < 0.5  # its steady state, not its prefetched start
     assert _loader_seconds(_SlowLoader(workers=2, seconds=0.05, batches=5)) is None  # too short to tell
+
+
+def test_an_old_dict_plan_reads_as_a_plan_and_round_trips():
+    from alexnet.config import TrainConfig
+
+    t = TrainConfig(amp="off", epochs=4, steps=38, lrn_kernel="torch", budget=432)
+    budget = dataclasses.asdict(plan_budget(432, 5, 10.0, 10, 0.1, max_epochs=30, val_every=0))
+    old = {
+        "precision": {"amp": "off", "reason": "bf16 measured 2.00x slower", "ms_per_step": {"off": 10000.0}},
+        "epochs": 4,
+        "steps": 38,
+        "budget": budget,
+        "lrn": {"kernel": "torch", "reason": "as asked"},
+        "revised": {"steps": 38, "planned_steps": 40, "at_step": 10, "step_s": 10.0},
+    }
+    p = plan.Plan.from_dict(old, t)
+    assert p.precision.amp == "off" and p.budget.steps == budget["steps"] and p.revised.planned_steps == 40
+    assert p.to_dict() == old and plan.Plan.from_dict(p.to_dict(), t) == p
+    bare = plan.Plan.from_dict({}, t)  # a checkpoint from before plans: its options
+    assert (bare.precision.amp, bare.epochs, bare.steps, bare.lrn.kernel, bare.budget) == ("off", 4, 38, "torch", None)
+    assert bare.apply(TrainConfig()) == dataclasses.replace(
+        TrainConfig(), amp="off", epochs=4, steps=38, lrn_kernel="torch"
+    )
+
+
+def test_the_measurements_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(measurements, "_path", lambda: tmp_path / "measurements.json")
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"off": 0.5}
+
+    k = measurements.key(device="cpu: X", model={"name": "small"}, batch=64)
+    assert measurements.measured("step_seconds", k, measure) == ({"off": 0.5}, "")
+    value, when = measurements.measured("step_seconds", k, measure)
+    assert value == {"off": 0.5} and when and len(calls) == 1  # the second run: from the cache
+    other = measurements.key(device="cpu: X", model={"name": "small"}, batch=128)
+    assert measurements.measured("step_seconds", other, measure)[1] == "" and len(calls) == 2
+    assert measurements.measured("step_seconds", k, measure, remeasure=True)[1] == "" and len(calls) == 3
+    json.loads((tmp_path / "measurements.json").read_text())  # strict JSON
+    (tmp_path / "measurements.json").write_text("{not json")
+    assert measurements.measured("step_seconds", k, measure)[1] == "" and len(calls) == 4  # ignored, rewritten
+    assert measurements.recall("step_seconds", k) is not None
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_machine_reads_its_measurements(mocked_speed, fashion_dir, tmp_path, monkeypatch, capsys):
+    timed = []
+
+    def fake(steps, **kwargs):
+        timed.extend(steps)
+        return {name: STEP_SECONDS[name] for name in steps}
+
+    monkeypatch.setattr(plan, "time_steps", fake)
+    monkeypatch.setattr("alexnet.core.machine.time_steps", fake)
+    args = ["train", "--data-dir", fashion_dir, *ARGS, "--budget", "432s"]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    first = capsys.readouterr().out
+    assert timed and "cached" not in first
+    timed.clear()
+    assert main([*args, "--out", str(tmp_path / "second")]) == 0
+    second = capsys.readouterr().out
+    assert timed == []  # nothing timed: the first run's numbers
+    assert "; measured " in second and ", cached; --remeasure to measure again)" in second
+    a, b = (json.loads((tmp_path / n / "config.json").read_text())["plan"] for n in ("first", "second"))
+    assert (a["budget"]["step_s"], a["budget"]["validation_s"]) == (b["budget"]["step_s"], b["budget"]["validation_s"])
+    assert b["measured"] and "measured" not in a
+    assert main([*args, "--remeasure", "--out", str(tmp_path / "third")]) == 0
+    assert timed and "cached" not in capsys.readouterr().out.split("alexnet: LRN")[0]

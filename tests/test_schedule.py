@@ -138,3 +138,24 @@ def test_the_folder_recipe_waits_and_the_paper_recipe_does_not():
 
     assert resolve("/my/photos", {}, {}, {}).train.plateau_min_steps == 300
     assert resolve("/my/photos", {}, {}, {}, recipe="paper").train.plateau_min_steps == 0
+
+
+def test_an_old_lambdalr_checkpoint_resumes_at_its_step():
+    """Checkpoints written before lr_at kept LambdaLR's state: its step count (last_epoch)
+    continues the same per-step learning rates."""
+    reference = _schedule(epochs=3)
+    _run_steps(reference, 13)
+    old_state = {"base_lrs": [0.1], "last_epoch": 13, "_step_count": 14, "lr_lambdas": [None], "steps_at_lr": 13}
+    resumed = _schedule(epochs=3)
+    lines = []
+    resumed.resume(old_state, reference.cfg, lines.append)
+    assert lines == [] and resumed.lr == pytest.approx(reference.lr) and resumed.step == 13
+
+
+def test_a_new_length_is_the_multipliers_of_that_length_from_the_current_step():
+    s = _schedule(epochs=2)
+    _run_steps(s, 7)
+    s.set_length(TrainConfig(schedule="onecycle", epochs=4, lr=0.1, warmup_epochs=0.5))
+    assert s.lr == pytest.approx(0.1 * LrSchedule("onecycle", 4, STEPS_PER_EPOCH, 30, 0.5)(7))
+    _run_steps(s, 4 * STEPS_PER_EPOCH - 7)
+    assert s.lr == pytest.approx(0.0, abs=1e-12)

@@ -1,5 +1,5 @@
 """Configuration: what a model is (ModelConfig), how the data is read (DataConfig) and how
-a run trains (TrainConfig); RunConfig holds the three and what the run decided.
+a run trains (TrainConfig); RunConfig holds the three.
 
 Frozen dataclasses. Checkpoints carry them as plain dicts, so a checkpoint alone rebuilds
 its model (nanoGPT style). Each field's default and its help text (field metadata, which
@@ -291,6 +291,12 @@ class TrainConfig(_Dictable):
         choices=LRN_KERNELS,
         group=RUN,
     )
+    remeasure: bool = option(
+        False,
+        "measure the machine again (precision, LRN kernel, a budget's step and validation times) instead "
+        "of reading the cached measurements of an earlier run of the same model and batch on it",
+        group=RUN,
+    )
     compile: bool = option(
         False,
         "torch.compile the model (for GPUs: on a CPU it trained slower than eager, docs/BENCHMARKS.md)",
@@ -383,17 +389,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    # What the run decided on its machine (plan.py): the precision and why, the budget's
-    # plan. A record: the decisions themselves are in `train` (amp, epochs).
-    plan: dict[str, Any] = field(default_factory=dict)
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.to_dict(),
-            "data": self.data.to_dict(),
-            "train": self.train.to_dict(),
-            "plan": self.plan,
-        }
+        """The three configs; a run adds what it decided on its machine as "plan" (run/plan.py)."""
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -401,5 +399,4 @@ class RunConfig:
             model=ModelConfig.from_dict(d["model"]),
             data=DataConfig.from_dict(d["data"]),
             train=TrainConfig.from_dict(d["train"]),
-            plan=dict(d.get("plan") or {}),
         )

@@ -66,5 +66,11 @@ def _evaluate(
     result = evaluate_loader(loaded, split.loader, ten_crop, mirror and not ten_crop, d=d, show=d.main)
     if not d.main:
         return None
-    info = {"checkpoint": str(path), "data": data_cfg.name, "precision": loaded.precision, "processes": d.world}
+    info = {
+        "checkpoint": str(path),
+        "data": data_cfg.name,
+        "precision": loaded.precision,
+        "lrn": loaded.lrn,
+        "processes": d.world,
+    }
     return {**info, **result.to_dict()}

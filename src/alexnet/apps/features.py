@@ -130,4 +130,5 @@ def extract(
         "dim": features.shape[1],
         "classes": len(classes),
         "unreadable": unreadable,
+        "lrn": loaded.lrn,
     }

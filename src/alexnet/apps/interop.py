@@ -127,7 +127,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, batch_size: int = 1) ->
     except ImportError as e:
         raise UserError("ONNX export needs the onnx package: pip install 'alexnet[onnx]'") from e
     ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, checkpoint).float().eval()
+    model = model_from_checkpoint(ckpt, checkpoint).float().eval().set_lrn_kernel("torch")  # traced as operations
     cfg, classes = RunConfig.from_dict(ckpt["config"]), list(ckpt["classes"])
     m = cfg.model
     example = torch.zeros(batch_size, m.in_channels, m.input_size, m.input_size)

@@ -448,6 +448,7 @@ def serve(
     ses = httpd.session
     _stop_on_signals()
     print(f"alexnet: serving {ses.checkpoint} ({ses.config.model.name}) at {httpd.url} (Ctrl-C to stop)", flush=True)
+    print(f"alexnet: LRN {ses.loaded.lrn}", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ rebuilds the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ..run.jsonio import atomic_write, to_json
 from ..run.runtime import stored_precision
 from .augment import Preprocess
 from .engine import Classifier
+from .machine import select_lrn
 from .model import AlexNet
 
 FORMAT = "alexnet-checkpoint"
@@ -202,6 +204,7 @@ class Inference(Classifier):
     classes: list[str]  # as the data names them (folder names, wnids)
     class_names: list[str]  # for people (ImageNet: "tench" for n01440764)
     mean_image: torch.Tensor | None  # the training set's, if the model was trained with one
+    lrn: str = ""  # the LRN kernel chosen for this machine, and why (machine.select_lrn)
 
     @classmethod
     def of(
@@ -223,11 +226,15 @@ class Inference(Classifier):
         return cls(model, preprocess, precision, config, classes, class_names or classes, mean_image)
 
 
-def load_inference(path: str | Path, device: torch.device, amp: str | None = None) -> Inference:
+def load_inference(
+    path: str | Path, device: torch.device, amp: str | None = None, lrn_kernel: str = "auto"
+) -> Inference:
     """A checkpoint (training .pt or safetensors) ready for inference on `device`; amp: a
-    precision other than the run's (evaluate --amp)."""
+    precision other than the run's (evaluate --amp); its LRN kernel chosen once here
+    (`lrn_kernel`; auto: the machine's cached check and timing, made on the first use)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device)
+    choice = select_lrn(model, device, lrn_kernel)
     classes = list(ckpt["classes"])
     config = RunConfig.from_dict(ckpt["config"])
     mean_image, size = ckpt.get("mean_image"), config.data.resize
@@ -237,7 +244,9 @@ def load_inference(path: str | Path, device: torch.device, amp: str | None = Non
             f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
             f"{size}x{size}"
         )
-    return Inference.of(model, config, classes, list(ckpt.get("class_names") or classes), mean_image, amp)
+    lrn = f"{'fused kernel' if choice.kernel == 'fused' else 'torch operations'} ({choice.reason})"
+    names = list(ckpt.get("class_names") or classes)
+    return dataclasses.replace(Inference.of(model, config, classes, names, mean_image, amp), lrn=lrn)
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:

@@ -21,9 +21,11 @@ The fused kernel: on the CPU, float32 tensors (any layout) and bfloat16 tensors
 (channels_last) go through native.py's C kernel (lrn.c), one pass over memory each way,
 which recomputes d in the backward instead of saving it: in fp32 2.3-4.2x faster than
 these torch operations in channels_last (docs/BENCHMARKS.md). It computes bf16 inputs in
-float32 and rounds the result once. `select_kernel` decides per process: `auto` takes it
-where it builds, matches the float64 reference on a test tensor, and measures faster;
-`fused` insists; `torch` never uses it.
+float32 and rounds the result once. The kernel is each layer's setting
+(LocalResponseNorm(kernel=...), set_kernel(model, ...)): torch operations unless chosen.
+Each entry point chooses it once, explicitly (core/machine.py): `select_kernel("auto")`
+takes it where it builds, matches the float64 reference on a test tensor, and measures
+faster; `fused` insists; `torch` never uses it. Nothing is built or timed in a forward.
 
 Precision of the torch operations: float32 and float64 inputs are computed in their own
 type (exact to rounding). Under bf16 autocast the layer computes in bf16 like the
@@ -38,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -134,33 +135,46 @@ def _denominator(
 CHECK_SHAPE, CHECK_ROUNDS = (32, 48, 16, 16), 5
 CHECK_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 TYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-_kernel = {"chosen": "", "reason": ""}  # this process's choice, made once (select_kernel)
+KERNELS = ("fused", "torch")
 
 
-def _fused(x: torch.Tensor) -> bool:
-    """Whether this call goes through the fused kernel: a float32 or bfloat16 CPU tensor,
-    and the process chose it (the first such call makes the auto choice, for evaluate and
-    predict). Not bf16 in NCHW: the kernel works in channels_last, and converting there and
-    back made it 0.87-1.39x the torch operations (docs/BENCHMARKS.md); in fp32 1.3-1.9x."""
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether the fused kernel takes this tensor: a 4-D float32 or bfloat16 CPU tensor, but
+    not bf16 in NCHW: the kernel works in channels_last, and converting there and back made
+    it 0.87-1.39x the torch operations (docs/BENCHMARKS.md); in fp32 1.3-1.9x."""
     if x.device.type != "cpu" or x.dtype not in native.DTYPES or x.dim() != 4:
         return False
-    if x.dtype == torch.bfloat16 and not x.is_contiguous(memory_format=torch.channels_last):
-        return False
-    return (_kernel["chosen"] or select_kernel("auto")[0]) == "fused"
+    return x.dtype != torch.bfloat16 or x.is_contiguous(memory_format=torch.channels_last)
 
 
 def select_kernel(asked: str = "auto") -> tuple[str, str]:
-    """This process's LRN for float32 and bfloat16 CPU tensors: ("fused" or "torch", why)."""
+    """The LRN for float32 and bfloat16 CPU tensors on this machine: ("fused" or "torch",
+    why). "auto" builds the kernel, checks it and times it; set it with set_kernel."""
     if asked == "torch":
-        chosen, reason = "torch", "as asked"
-    elif native.library() is None:
+        return "torch", "as asked"
+    if native.library() is None:
         if asked == "fused":
             raise UserError(f"--lrn-kernel fused: {native.kernel_status()}")
-        chosen, reason = "torch", f"the fused kernel is not available: {native.kernel_status()}"
-    else:
-        chosen, reason = _check_fused(asked)
-    _kernel.update(chosen=chosen, reason=reason)
-    return chosen, reason
+        return "torch", f"the fused kernel is not available: {native.kernel_status()}"
+    return _check_fused(asked)
+
+
+def set_kernel(module: nn.Module, kernel: str) -> nn.Module:
+    """Every LocalResponseNorm in `module` set to `kernel` ("fused" or "torch"), without
+    select_kernel's check and timing; UserError where the fused kernel does not build."""
+    if kernel not in KERNELS:
+        raise ValueError(f"LRN kernel {kernel!r}: one of {KERNELS}")
+    if kernel == "fused" and native.library() is None:
+        raise UserError(f"the fused LRN kernel: {native.kernel_status()}")
+    for layer in module.modules():
+        if isinstance(layer, LocalResponseNorm):
+            layer.kernel = kernel
+    return module
+
+
+def kernel_of(module: nn.Module) -> str | None:
+    """The kernel of `module`'s LRN layers (None: it has none)."""
+    return next((m.kernel for m in module.modules() if isinstance(m, LocalResponseNorm)), None)
 
 
 def _check_fused(asked: str) -> tuple[str, str]:
@@ -201,8 +215,8 @@ def _check_tensors(
 
 
 def _grad_mode() -> contextlib.AbstractContextManager[None]:
-    """Gradients on, no autocast: the first LRN call, which may make the choice, can run
-    under no_grad, inference_mode or autocast."""
+    """Gradients on, no autocast: the check may be made under no_grad, inference_mode or
+    autocast."""
     stack = contextlib.ExitStack()
     for context in (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False)):
         stack.enter_context(context)
@@ -214,7 +228,7 @@ def fused_error(dtype: torch.dtype) -> float:
     output and gradient, for inputs of `dtype`."""
     x, g, band, (size, k, alpha, beta) = _check_tensors(dtype)
     x64 = x.double().requires_grad_()
-    reference = _LRNFunction.apply(x64, band.double(), size, k, alpha, beta)
+    reference = _LRNFunction.apply(x64, band.double(), size, k, alpha, beta, False)
     reference.backward(g.double())
     y = native.lrn_forward(x, size // 2, k, alpha, beta)
     grad = native.lrn_backward(x, g, size // 2, k, alpha, beta)
@@ -249,31 +263,16 @@ def fused_speedup(dtype: torch.dtype) -> float:
 
 
 def _composed(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float) -> torch.Tensor:
-    """The layer as torch operations with the hand-written backward, whatever the choice."""
-    with using_kernel("torch"):
-        return _LRNFunction.apply(x, band, size, k, alpha, beta)
-
-
-@contextlib.contextmanager
-def using_kernel(kernel: str) -> Iterator[str]:
-    """This process's LRN set to `kernel` ("fused" or "torch") for a `with` block, without
-    select_kernel's check and timing (the check itself, tests, benchmarks)."""
-    if kernel == "fused" and native.library() is None:
-        raise UserError(f"the fused LRN kernel: {native.kernel_status()}")
-    before = dict(_kernel)
-    _kernel.update(chosen=kernel, reason="set for a with block")
-    try:
-        yield kernel
-    finally:
-        _kernel.update(before)
+    """The layer as torch operations with the hand-written backward."""
+    return _LRNFunction.apply(x, band, size, k, alpha, beta, False)
 
 
 class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float
+        ctx: Any, x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float, fused: bool
     ) -> torch.Tensor:
-        ctx.constants, ctx.fused = (size, k, alpha, beta), _fused(x)
+        ctx.constants, ctx.fused = (size, k, alpha, beta), fused
         backward = ctx.needs_input_grad[0]  # False under no_grad (evaluation, serve): keep nothing
         if ctx.fused:  # one pass in C; the backward recomputes d from x
             if backward:
@@ -288,11 +287,11 @@ class _LRNFunction(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         size, k, alpha, beta = ctx.constants
         if ctx.fused:
             (x,) = ctx.saved_tensors
-            return native.lrn_backward(x, grad_out, size // 2, k, alpha, beta), None, None, None, None, None
+            return native.lrn_backward(x, grad_out, size // 2, k, alpha, beta), None, None, None, None, None, None
         xf, scale, scale_over_denom, band = ctx.saved_tensors
         with torch.autocast(device_type=xf.device.type, enabled=False):
             g = grad_out.to(xf.dtype)
@@ -300,7 +299,7 @@ class _LRNFunction(torch.autograd.Function):
             t.mul_(scale_over_denom)  # g * b / d
             grad = g * scale
             grad.addcmul_(xf, _channel_window_sum(t, band, size), value=-2.0 * alpha * beta)
-        return grad.to(grad_out.dtype), None, None, None, None, None
+        return grad.to(grad_out.dtype), None, None, None, None, None, None
 
 
 def lrn_expression(x: torch.Tensor, band: torch.Tensor, size: int, k: float, alpha: float, beta: float) -> torch.Tensor:
@@ -319,12 +318,23 @@ class LocalResponseNorm(nn.Module):
 
     Defaults are the paper's constants: n = 5, k = 2, alpha = 1e-4, beta = 0.75.
     `channels` fixes the band matrix, kept as a non-persistent buffer (it follows
-    .to(device) and stays out of the state dict).
+    .to(device) and stays out of the state dict). `kernel`: "torch" (operations, the
+    default) or "fused" (lrn.c, for float32/bfloat16 CPU tensors; set_kernel).
     """
 
-    def __init__(self, channels: int, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        kernel: str = "torch",
+    ) -> None:
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha, self.beta, self.k, self.kernel = size, alpha, beta, k, "torch"
+        if kernel != "torch":
+            set_kernel(self, kernel)
         self.register_buffer("band", band_matrix(channels, size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,7 +344,8 @@ class LocalResponseNorm(nn.Module):
             # after a Function that switches autocast off inside, and the next bf16 layer fails.
             with torch.autocast(x.device.type, enabled=False):
                 return lrn_expression(x, self.band, self.size, self.k, self.alpha, self.beta)
-        return _LRNFunction.apply(x, self.band, self.size, self.k, self.alpha, self.beta)
+        fused = self.kernel == "fused" and _fusable(x)
+        return _LRNFunction.apply(x, self.band, self.size, self.k, self.alpha, self.beta, fused)
 
     def extra_repr(self) -> str:
         return (

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .lrn import LocalResponseNorm
+from .lrn import LocalResponseNorm, kernel_of, set_kernel
 from .variants import ARCHITECTURES, model_config
 
 # §3.4: overlapping pooling z=3, s=2; the "traditional" comparison z=s=2.
@@ -113,6 +113,17 @@ class AlexNet(nn.Module):
         """The fc7 activations (after its ReLU): the 4096-d code of Figure 4."""
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier[:-1](x)
+
+    def set_lrn_kernel(self, kernel: str) -> AlexNet:
+        """The LRN layers' kernel: "torch" (operations; a new model's) or "fused" (lrn.c, on
+        the CPU); entry points choose it with core/machine.select_lrn."""
+        set_kernel(self, kernel)
+        return self
+
+    @property
+    def lrn_kernel(self) -> str | None:
+        """The LRN layers' kernel; None: the model has no LRN."""
+        return kernel_of(self)
 
 
 def init_weights(model: AlexNet, scheme: str) -> None:

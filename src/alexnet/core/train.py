@@ -1,8 +1,9 @@
 """`alexnet train`: a training run as named stages, from a RunConfig (config.py).
 
-    _prepare      the checkpoint to resume from, the data (_load_data), the model, the
-                  machine's decisions (_decide: precision and a budget's length, plan.py),
-                  optimiser and schedule (optim.py), the run directory (rundir.py)
+    _prepare      the checkpoint to resume from, the data (rundata.py), the model, the
+                  machine's decisions (machine.decide_run: the precision, the LRN kernel
+                  and a budget's length, a plan.Plan), optimiser and schedule (optim.py),
+                  the run directory (rundir.py)
     _run_epoch    one epoch: engine.train_one_epoch, the budget kept to (_keep_to_budget),
                   validation (engine.evaluate_loader), the schedule's per-epoch decision, the
                   metrics row and the checkpoint
@@ -27,35 +28,12 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, TrainConfig
-from ..data.datasets import is_fashion_mnist, load_split
-from ..data.imagenet import human_names
-from ..data.loaders import Loader, Split
-from ..data.stats import cached_mean_image
 from ..run import distributed
 from ..run.distributed import Dist
 from ..run.errors import Stopped, Unhealthy, UserError
 from ..run.health import HealthMonitor
-from ..run.plan import (
-    PRECISION_NAMES,
-    BudgetPlan,
-    Precision,
-    choose_precision,
-    format_seconds,
-    plan_budget,
-    revised_steps,
-    time_steps,
-    training_step_timer,
-)
-from ..run.runtime import (
-    AMP_DTYPES,
-    autocast,
-    check_precision,
-    configure_cuda,
-    grad_scaler,
-    resolve_device,
-    restore_scaler,
-    stored_precision,
-)
+from ..run.plan import Plan, format_seconds
+from ..run.runtime import check_precision, configure_cuda, grad_scaler, resolve_device, restore_scaler
 from .augment import Preprocess
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_weights
 from .engine import (
@@ -66,21 +44,18 @@ from .engine import (
     Watch,
     evaluate_loader,
     train_one_epoch,
-    train_step,
 )
 from .finetune import freeze, init_from, source_config
-from .lrn import select_kernel
+from .machine import decide_run
 from .model import AlexNet, count_parameters
 from .optim import Schedule, make_optimizer
+from .rundata import RunData, load_data
 from .rundir import RunDir
 
 if TYPE_CHECKING:
     from types import FrameType
 
     from ..run.health import HealthEvent
-
-AMP_ORDER = tuple(AMP_DTYPES)  # the precisions as numbers, for the one all-reduce of _decide
-LRN_ORDER = ("fused", "torch")  # the LRN kernels, likewise
 
 
 class _StopSignals:
@@ -107,26 +82,11 @@ class _StopSignals:
 
 
 @dataclass
-class RunData:
-    """What a run reads: its splits, the class names to show, the mean image (§2), and the
-    training files a statistics pass could not read."""
-
-    train: Split
-    val: Split
-    classes: list[str]
-    class_names: list[str] | None  # human-readable (ImageNet synsets); None: the class names
-    mean_image: torch.Tensor | None
-    unreadable: list[str]
-
-    def all_unreadable(self) -> list[str]:
-        return self.unreadable + [f for f in self.train.loader.unreadable if f not in self.unreadable]
-
-
-@dataclass
 class Run:
     """The parts of a training run that its epochs share (built by _prepare)."""
 
-    cfg: RunConfig
+    cfg: RunConfig  # the decisions of `plan` in it (Plan.apply)
+    plan: Plan
     d: Dist
     device: torch.device
     dir: RunDir
@@ -190,7 +150,7 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     if ckpt is None and cfg.train.init_from:  # fine-tuning (a resumed fine-tune has its own weights)
         source = load_checkpoint(cfg.train.init_from)
         cfg = source_config(cfg, source)
-    data = _load_data(cfg, ckpt, d, log, device, source)
+    data = load_data(cfg, ckpt, d, log, device, source)
     if device.type == "cuda":  # pinned batches, made ahead: the copies overlap the GPU's work
         data.train.loader.pin()
         data.val.loader.pin()
@@ -200,7 +160,8 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
     if cfg.train.freeze != "none":
         freeze(model, cfg.train.freeze)
     preprocess = Preprocess(cfg.data, cfg.model.input_size, device, cfg.train.channels_last, data.mean_image)
-    cfg = _decide(cfg, model, ckpt, data, preprocess, device, d, started, log)
+    plan = decide_run(cfg, model, ckpt, data.train, data.val, preprocess, device, d, started)
+    cfg = dataclasses.replace(cfg, train=plan.apply(cfg.train))
     t = cfg.train
     optimizer = make_optimizer(model, t)
     schedule = Schedule(optimizer, t, len(data.train.loader))
@@ -215,22 +176,11 @@ def _prepare(cfg: RunConfig, d: Dist, device: torch.device) -> Run:
         schedule.after_step,
         t.seed,
     )
-    run = Run(
-        cfg,
-        d,
-        device,
-        RunDir(t.out, d.main),
-        data,
-        model,
-        step,
-        schedule,
-        HealthMonitor(len(data.classes), flat_steps=t.flat_steps, precision=t.amp),
-        started,
-        log,
-    )
+    health = HealthMonitor(len(data.classes), flat_steps=t.flat_steps, precision=t.amp)
+    run = Run(cfg, plan, d, device, RunDir(t.out, d.main), data, model, step, schedule, health, started, log)
     if ckpt is not None:
         _restore(run, ckpt)
-    run.dir.start(cfg.to_dict(), run.epoch)
+    run.dir.start(_record(run), run.epoch)
     _header(run)
     return run
 
@@ -260,45 +210,6 @@ def _model_config(cfg: RunConfig, ckpt: dict | None) -> RunConfig:
             f"{cfg.data.channels}-channel data {cfg.data.name}"
         )
     return cfg
-
-
-def _load_data(
-    cfg: RunConfig,
-    ckpt: dict | None,
-    d: Dist,
-    log: Callable[..., None],
-    device: torch.device,
-    source: dict | None = None,
-) -> RunData:
-    """The data stage: both splits (this process's share), their classes, and the mean image
-    (a fine-tune's comes from its checkpoint, `source`)."""
-    t, data = cfg.train, cfg.data
-    train_split = load_split(True, data, t.batch_size, t.seed, d=d)
-    val_split = load_split(False, data, t.batch_size, t.seed, d=d)
-    classes = train_split.classes
-    if classes != val_split.classes:
-        raise UserError(f"{data.name}: the training and validation classes differ")
-    if ckpt is not None and list(ckpt["classes"]) != classes:
-        raise UserError(f"{t.resume}: trained on other classes than {data.name}")
-    names = None if is_fashion_mnist(data) else human_names(classes, Path(data.name), data.synsets)
-    mean_image, unreadable = _mean_image(cfg, ckpt or source, d, log, device)
-    return RunData(train_split, val_split, classes, names, mean_image, unreadable)
-
-
-def _mean_image(
-    cfg: RunConfig, ckpt: dict | None, d: Dist, log: Callable[..., None], device: torch.device
-) -> tuple[torch.Tensor | None, list[str]]:
-    """The training set's mean image (§2) if the recipe uses one: from the checkpoint, the
-    cache, or one pass over the data, every process reading its share (stats.py); and the
-    unreadable files this process's share skipped."""
-    if not cfg.data.mean_image:
-        return None, []
-    if ckpt is not None and ckpt.get("mean_image") is not None:
-        return ckpt["mean_image"], []
-    t = cfg.train
-    stats_split = load_split(True, cfg.data, t.batch_size, ordered=True, d=d)
-    image = cached_mean_image(cfg.data, stats_split, Path(t.out), log=log, device=device, d=d)
-    return image, list(stats_split.loader.unreadable)
 
 
 def _build_model(cfg: RunConfig, ckpt: dict | None, data: RunData, device: torch.device) -> tuple[AlexNet, RunConfig]:
@@ -353,224 +264,13 @@ def _header(run: Run) -> None:
         f"torch threads {torch.get_num_threads()}, schedule {t.schedule}, out {t.out}",
         flush=True,
     )
-    for line in _plan_lines(cfg):
+    for line in run.plan.lines(t, cfg.model.lrn):
         run.log(f"alexnet: {line}", flush=True)
+    if t.val_every != 1:
+        every = "after the last epoch only" if t.val_every == 0 else f"every {t.val_every} epochs and after the last"
+        run.log(f"alexnet: validation {every}", flush=True)
     if t.resume:
         run.log(f"alexnet: resuming {t.resume} at epoch {run.epoch + 1}, batch {run.first_step + 1}", flush=True)
-
-
-# ----------------------------------------------------------------------------- the machine's decisions
-
-
-def _decide(
-    cfg: RunConfig,
-    model: AlexNet,
-    ckpt: dict | None,
-    data: RunData,
-    preprocess: Preprocess,
-    device: torch.device,
-    d: Dist,
-    started: float,
-    log: Callable[..., None],
-) -> RunConfig:
-    """The run's LRN kernel (--lrn-kernel auto, lrn.py), precision (--amp auto) and, for a
-    budget, its epochs: measured here on copies of the model (plan.py), decided by the main
-    process for all. A resumed run keeps the decisions in its checkpoint, so it continues
-    the same plan."""
-    t = cfg.train
-    if ckpt is not None:
-        before = RunConfig.from_dict(ckpt["config"])
-        # the checkpoint's precision, but fp32 for its fp16 off CUDA (runtime.stored_precision)
-        amp = stored_precision(before.train.amp, device) if t.amp == "auto" else t.amp
-        try:
-            lrn = _lrn_kernel(before.train.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel, device, cfg)
-        except UserError:  # the checkpoint's fused kernel does not build on this machine
-            if t.lrn_kernel != "auto":
-                raise
-            lrn = _lrn_kernel("auto", device, cfg)
-        planned = t.budget is not None and before.plan.get("budget")
-        epochs, steps = (before.train.epochs, before.train.steps) if planned else (t.epochs, t.steps)
-        plan = (
-            before.plan
-            if amp == before.train.amp
-            else {
-                **before.plan,
-                "precision": {"amp": amp, "reason": _resumed_precision(before.train.amp, t.amp, device)},
-            }
-        )
-        plan = {**plan, "lrn": lrn}
-    else:
-        lrn = _lrn_kernel(t.lrn_kernel, device, cfg) if d.main else {"kernel": "torch"}  # before timing any step
-        if d.main and (t.amp == "auto" or t.budget is not None):
-            plan = _measure_plan(cfg, model, data, preprocess, device, started)
-        else:
-            plan = {"precision": {"amp": t.amp, "reason": "as asked"}, "epochs": t.epochs, "steps": t.steps}
-        decided = (
-            [
-                AMP_ORDER.index(plan["precision"]["amp"]),
-                plan["epochs"],
-                plan["steps"] or 0,
-                LRN_ORDER.index(lrn["kernel"]),
-            ]
-            if d.main
-            else [0, 0, 0, 0]
-        )
-        amp_index, epochs, steps, kernel = (  # the main process's decisions, for all
-            int(v) for v in distributed.all_sum([float(v) for v in decided], device, d)
-        )
-        amp, steps = AMP_ORDER[amp_index], steps or None
-        if not d.main:
-            lrn = _lrn_kernel(LRN_ORDER[kernel], device, cfg)
-        plan = {**plan, "lrn": lrn}
-    t = dataclasses.replace(t, amp=amp, epochs=epochs, steps=steps, lrn_kernel=lrn["kernel"])
-    return dataclasses.replace(cfg, train=t, plan=plan)
-
-
-def _resumed_precision(before: str, asked: str, device: torch.device) -> str:
-    """Why a resumed run's precision differs from its checkpoint's."""
-    if asked == "auto":
-        return f"the checkpoint's {before} runs on CUDA only: fp32 on {device.type}"
-    return "as asked when resuming"
-
-
-def _lrn_kernel(asked: str, device: torch.device, cfg: RunConfig) -> dict:
-    """--lrn-kernel for this process (lrn.select_kernel): what the LRN runs on the CPU."""
-    if not cfg.model.lrn:
-        return {"kernel": "torch", "reason": "the model has no LRN"}
-    if device.type != "cpu":
-        return {"kernel": "torch", "reason": f"torch operations on {device.type}: the fused kernel is for the CPU"}
-    kernel, reason = select_kernel(asked)
-    return {"kernel": kernel, "reason": reason}
-
-
-def _measure_plan(
-    cfg: RunConfig, model: AlexNet, data: RunData, preprocess: Preprocess, device: torch.device, started: float
-) -> dict:
-    """Time real training steps (one batch of the training data, preprocessed as in training)
-    of each candidate precision and choose; fit the budget's epochs to the chosen one's time."""
-    t = cfg.train
-    images, labels = next(iter(data.train.loader))
-    images, labels = images.to(device), labels.to(device)
-
-    def step(
-        replica: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        amp: str,
-    ) -> None:
-        train_step(replica, optimizer, scaler, preprocess(x, train=True), y, amp, t.label_smoothing)
-
-    measure = training_step_timer(model, lambda m: make_optimizer(m, t), step, (images, labels), device)
-    precision: Precision = choose_precision(t.amp, device, measure)
-    plan = {
-        "precision": {"amp": precision.amp, "reason": precision.reason, "ms_per_step": precision.ms_per_step},
-        "epochs": t.epochs,
-        "steps": t.steps,
-    }
-    if t.budget is None:
-        return plan
-    step_s = (
-        precision.ms_per_step[precision.amp] / 1000
-        if precision.ms_per_step
-        else measure([precision.amp])[precision.amp]
-    )
-    loader_s = _loader_seconds(data.train.loader)
-    if loader_s is not None:  # the loader, not the step, may bound an epoch (a folder on a GPU)
-        plan["loader_ms_per_batch"] = round(loader_s * 1000, 2)
-        step_s = max(step_s, loader_s)
-    budget: BudgetPlan = plan_budget(
-        t.budget,
-        time.perf_counter() - started,
-        step_s,
-        len(data.train.loader),
-        _validation_seconds(model, data.val, preprocess, device, precision.amp, t.eval_mirror),
-        t.epochs,
-        t.val_every,
-    )
-    plan["budget"] = dataclasses.asdict(budget)
-    plan["epochs"] = budget.epochs
-    plan["steps"] = budget.steps if budget.steps != budget.epochs * budget.steps_per_epoch else None
-    return plan
-
-
-LOADER_BATCHES = 6  # batches timed after the workers' first (and their prefetched ones)
-
-
-def _loader_seconds(loader: Loader) -> float | None:
-    """Seconds a batch of a loader that works per batch in worker processes (decoding
-    files or a JPEG store) delivers, in steady state; None for in-memory data, whose gather
-    is part of the step. The workers' first batches (start-up, and what they prefetch while
-    it lasts) are not counted."""
-    if loader.workers == 0:
-        return None
-    loader.set_epoch(0)
-    it = iter(loader)
-    warm = 2 * loader.workers + 1  # DataLoader's default prefetch: 2 batches a worker
-    if len(loader) <= warm + 1:
-        return None
-    for _ in range(warm):
-        next(it)
-    n = min(LOADER_BATCHES, len(loader) - warm)
-    started = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    del it
-    return (time.perf_counter() - started) / n
-
-
-def _validation_seconds(
-    model: torch.nn.Module, val_split: Split, preprocess: Preprocess, device: torch.device, amp: str, mirror: bool
-) -> float:
-    """One validation pass, estimated from timed batches of the validation data."""
-    images, labels = next(iter(val_split.loader))
-    images = images.to(device)
-    was_training = model.training
-    model.eval()
-
-    def forward() -> None:
-        with torch.no_grad(), autocast(device, amp):
-            for view in preprocess.views(images, mirror):
-                model(view)
-
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    try:
-        per_batch = time_steps({"eval": forward}, sync=sync)["eval"]  # on CUDA: the kernels, not their launch
-    finally:
-        model.train(was_training)
-    return per_batch * len(val_split.loader)
-
-
-def _plan_lines(cfg: RunConfig) -> list[str]:
-    """The run header's account of what was decided and why."""
-    t, plan = cfg.train, cfg.plan
-    reason = plan.get("precision", {}).get("reason", "as asked")
-    lines = [f"precision {PRECISION_NAMES[t.amp]} ({reason})"]
-    if "lrn" in plan and cfg.model.lrn:
-        kernel = "fused kernel" if plan["lrn"]["kernel"] == "fused" else "torch operations"
-        lines.append(f"LRN {kernel} ({plan['lrn']['reason']})")
-    budget = plan.get("budget")
-    if budget:
-        lines.append(
-            BudgetPlan(**budget).describe()
-            + f"; repeat exactly with --epochs {t.epochs} "
-            + (f"--steps {t.steps} " if t.steps else "")
-            + f"--amp {t.amp}"
-            + (f" --lrn-kernel {t.lrn_kernel}" if cfg.model.lrn else "")
-            + ("; torch.compile's first-step compilation is not in the plan" if t.compile else "")
-            + (
-                f"; the loader delivers a batch in {plan['loader_ms_per_batch']:.0f} ms"
-                if "loader_ms_per_batch" in plan
-                else ""
-            )
-        )
-    if t.val_every != 1:
-        lines.append(
-            "validation "
-            + ("after the last epoch only" if t.val_every == 0 else f"every {t.val_every} epochs and after the last")
-        )
-    return lines
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -587,7 +287,7 @@ def _run_epoch(run: Run, signals: _StopSignals) -> bool:
     run.health.epoch(tr.loss)
     if tr.stopped:  # mid-epoch: save where we are, resume continues with the next batch
         _stop(run, signals, {"epoch": epoch, "step_in_epoch": tr.steps})
-    if run.cfg.plan.get("budget"):
+    if run.plan.budget is not None:
         _keep_to_budget(run, epoch * run.steps_per_epoch + tr.steps, tr.seconds / max(1, tr.steps - run.first_step))
     run.first_step = 0
     validate = _validates(run.cfg.train, epoch)
@@ -669,7 +369,7 @@ def _epoch_line(run: Run, row: dict, tr: EpochResult, validate: bool) -> str:
         checked = "validation at the end" if t.val_every == 0 else "not validated"
     budget = (
         f", {format_seconds(time.perf_counter() - run.started)} of the {format_seconds(t.budget)} budget"
-        if run.cfg.plan.get("budget")
+        if run.plan.budget is not None
         else ""
     )
     return (
@@ -694,36 +394,27 @@ def _validates(t: TrainConfig, epoch: int) -> bool:
 
 def _keep_to_budget(run: Run, steps_done: int, step_s: float) -> None:
     """Keep a budgeted run to its budget when the machine's speed drifts (a shared VM ran 15-20%
-    slower, or faster, than at the start of a run): the schedule is rebuilt for the steps that
-    fit at the pace of the last epoch, so that the cosine still ends at zero when the budget
-    does. Recorded in the plan and config.json."""
-    cfg, d = run.cfg, run.d
-    t, budget, per_epoch = cfg.train, cfg.plan["budget"], run.steps_per_epoch
-    planned = t.steps or t.epochs * per_epoch
-    new = (
-        revised_steps(
-            budget["budget_s"],
-            time.perf_counter() - run.started,
-            steps_done,
-            step_s,
-            planned,
-            budget["validation_s"],
-            most=budget["max_epochs"] * per_epoch,
-        )
-        if d.main
-        else None
-    )
-    new = int(distributed.all_sum([float(new or 0)], run.device, d)[0]) or None  # the main process decides
+    slower, or faster, than at the start of a run): the main process revises the plan for the
+    steps that fit at the pace of the last epoch (Plan.revise), so that the cosine still ends
+    at zero when the budget does. Recorded in the plan and config.json."""
+    elapsed = time.perf_counter() - run.started
+    new = run.plan.revise(elapsed, steps_done, step_s, run.steps_per_epoch) if run.d.main else None
+    new = distributed.broadcast_object(new, run.device, run.d)  # the main process decides
     if new is None:
         return
+    planned, budget = new.revised.planned_steps, run.plan.budget
     run.log(
-        f"alexnet: {'behind' if new < planned else 'ahead of'} the plan ({step_s * 1000:.0f} ms a step "
-        f"against {budget['step_s'] * 1000:.0f}): {new} steps instead of {planned}, to end with the budget"
+        f"alexnet: {'behind' if new.steps < planned else 'ahead of'} the plan ({step_s * 1000:.0f} ms a step "
+        f"against {budget.step_s * 1000:.0f}): {new.steps} steps instead of {planned}, to end with the budget"
     )
-    plan = {**cfg.plan, "revised": {"steps": new, "planned_steps": planned, "at_step": steps_done, "step_s": step_s}}
-    run.cfg = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=new, epochs=-(-new // per_epoch)), plan=plan)
+    run.plan, run.cfg = new, dataclasses.replace(run.cfg, train=new.apply(run.cfg.train))
     run.schedule.set_length(run.cfg.train)
-    run.dir.write_config(run.cfg.to_dict())  # config.json says what the run does
+    run.dir.write_config(_record(run))  # config.json says what the run does
+
+
+def _record(run: Run) -> dict:
+    """config.json's and a checkpoint's record of the run: its config and its plan."""
+    return {**run.cfg.to_dict(), "plan": run.plan.to_dict()}
 
 
 # ----------------------------------------------------------------------------- saving and ending
@@ -733,7 +424,7 @@ def _save(run: Run, position: dict, best: bool = False) -> None:
     """A training checkpoint: the config (so that it alone rebuilds the model), the weights,
     optimiser, schedule, scaler and health state, and where in the run it was taken."""
     state = {
-        "config": run.cfg.to_dict(),
+        "config": _record(run),
         "classes": run.data.classes,
         "class_names": run.data.class_names or run.data.classes,
         "model": run.model.state_dict(),
@@ -801,7 +492,7 @@ def _finish(run: Run) -> dict:
         "finished with warnings" if warnings else "done",
         val=run.val.to_dict() if run.val else {},
         epochs_done=run.epoch,
-        budget=t.budget if run.cfg.plan.get("budget") else None,
+        budget=t.budget if run.plan.budget is not None else None,
         checkpoint=str(run.dir.last),
         unreadable=len(unreadable),
     )

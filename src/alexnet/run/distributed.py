@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -124,6 +125,16 @@ def same_everywhere(values: list[float], device: torch.device, d: Dist) -> bool:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     highest, lowest = t[: len(values)], -t[len(values) :]
     return bool(torch.equal(highest, lowest))
+
+
+def broadcast_object(obj: Any, device: torch.device, d: Dist) -> Any:
+    """The main process's picklable `obj` on every process (torch.distributed's
+    broadcast_object_list; NCCL moves it through `device`)."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
 
 
 def any_flag(flag: bool, device: torch.device, d: Dist) -> bool:

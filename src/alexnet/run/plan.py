@@ -12,23 +12,32 @@ capability 8.0, Ampere, and later: a small model's step may be bound by kernel l
 where bf16 gains nothing), else fp16 with a loss scaler. A time budget
 (`--budget 5m`) is turned into a number of epochs from the same measurement, before the
 first real step, so the run is the one `--epochs N` gives.
+
+The decisions are one `Plan` (precision, LRN kernel, length, with their measurements and
+reasons): `decide` makes a new run's, `resumed` continues a checkpoint's, `Plan.revise`
+moves a budgeted run's end after its pace checks. The measuring itself comes in as
+`Probes` (core/machine.py builds them, and caches their numbers between runs), so this
+module needs neither the model nor the data.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the command line parses --budget without it
     import torch
+
+    from ..config import TrainConfig
 
 # bf16 must be at least this much faster than fp32 to be chosen: it rounds more, and a
 # smaller gain is within the noise of a few timed steps on a shared machine.
@@ -278,3 +287,184 @@ def revised_steps(
 def format_seconds(s: float) -> str:
     s = round(s)
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class LrnChoice:
+    kernel: str  # what the LRN runs on the CPU: "fused" (lrn.c) or "torch"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A budgeted run's pace check moved its end (Plan.revise)."""
+
+    steps: int
+    planned_steps: int
+    at_step: int
+    step_s: float
+
+
+@dataclass(frozen=True)
+class Probes:
+    """How decide() measures the machine (core/machine.py makes them; the cache may answer):
+    step_seconds(candidates) -> seconds per training step of each precision;
+    validation_seconds(amp) -> one validation pass; loader_seconds() -> a batch of a loader
+    that works in processes, or None; lrn(asked) -> the LRN kernel and why."""
+
+    step_seconds: Callable[[list[str]], dict[str, float]]
+    validation_seconds: Callable[[str], float]
+    loader_seconds: Callable[[], float | None]
+    lrn: Callable[[str], LrnChoice]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run decided on its machine: precision, LRN kernel and length (a budget's
+    epochs and steps), the measurements behind them and why. config.json and checkpoints
+    carry it as `plan` (to_dict); the decisions are also in `train` (apply)."""
+
+    precision: Precision
+    lrn: LrnChoice
+    epochs: int
+    steps: int | None
+    budget: BudgetPlan | None = None
+    loader_ms_per_batch: float | None = None
+    revised: Revision | None = None
+    measured: str = ""  # when the measurements were taken, if they came from the cache
+
+    def apply(self, t: TrainConfig) -> TrainConfig:
+        """The run's options with the decisions in them."""
+        return dataclasses.replace(
+            t, amp=self.precision.amp, epochs=self.epochs, steps=self.steps, lrn_kernel=self.lrn.kernel
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "precision": dataclasses.asdict(self.precision),
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "lrn": dataclasses.asdict(self.lrn),
+        }
+        for name in ("budget", "revised"):
+            if getattr(self, name) is not None:
+                d[name] = dataclasses.asdict(getattr(self, name))
+        if self.loader_ms_per_batch is not None:
+            d["loader_ms_per_batch"] = self.loader_ms_per_batch
+        if self.measured:
+            d["measured"] = self.measured
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, t: TrainConfig) -> Plan:
+        """A checkpoint's plan (older ones: a partial dict, or none); what it lacks comes from
+        its run's options `t`."""
+        d = d or {}
+        precision = d.get("precision") or {"amp": t.amp, "reason": "as asked"}
+        return cls(
+            Precision(precision["amp"], precision.get("reason", "as asked"), precision.get("ms_per_step", {})),
+            LrnChoice(**(d.get("lrn") or {"kernel": t.lrn_kernel, "reason": "as asked"})),
+            d.get("epochs", t.epochs),
+            d.get("steps", t.steps),
+            BudgetPlan(**d["budget"]) if d.get("budget") else None,
+            d.get("loader_ms_per_batch"),
+            Revision(**d["revised"]) if d.get("revised") else None,
+            d.get("measured", ""),
+        )
+
+    def revise(self, elapsed_s: float, steps_done: int, step_s: float, steps_per_epoch: int) -> Plan | None:
+        """A budgeted run's pace check after an epoch: the plan for the steps that fit at the
+        pace of the last epoch (revised_steps), or None when it stands."""
+        if self.budget is None:
+            return None
+        planned = self.steps or self.epochs * steps_per_epoch
+        b = self.budget
+        new = revised_steps(
+            b.budget_s, elapsed_s, steps_done, step_s, planned, b.validation_s, most=b.max_epochs * steps_per_epoch
+        )
+        if new is None:
+            return None
+        revision = Revision(new, planned, steps_done, step_s)
+        return dataclasses.replace(self, steps=new, epochs=-(-new // steps_per_epoch), revised=revision)
+
+    def lines(self, t: TrainConfig, has_lrn: bool) -> list[str]:
+        """The run header's account of what was decided and why."""
+        cached = f"; measured {self.measured}, cached; --remeasure to measure again" if self.measured else ""
+        timed = bool(self.precision.ms_per_step)  # the note goes with the timings it is about
+        lines = [f"precision {PRECISION_NAMES[t.amp]} ({self.precision.reason}{cached if timed else ''})"]
+        if has_lrn:
+            kernel = "fused kernel" if self.lrn.kernel == "fused" else "torch operations"
+            lines.append(f"LRN {kernel} ({self.lrn.reason})")
+        if self.budget:
+            lines.append(
+                self.budget.describe()
+                + f"; repeat exactly with --epochs {t.epochs} "
+                + (f"--steps {t.steps} " if t.steps else "")
+                + f"--amp {t.amp}"
+                + (f" --lrn-kernel {t.lrn_kernel}" if has_lrn else "")
+                + ("; torch.compile's first-step compilation is not in the plan" if t.compile else "")
+                + (
+                    f"; the loader delivers a batch in {self.loader_ms_per_batch:.0f} ms"
+                    if self.loader_ms_per_batch is not None
+                    else ""
+                )
+                + ("" if timed else cached)
+            )
+        return lines
+
+
+def decide(
+    t: TrainConfig, device: torch.device, probes: Probes, spent_s: Callable[[], float], steps_per_epoch: int
+) -> Plan:
+    """A new run's plan: the LRN kernel (before any step is timed), the precision (--amp
+    auto: timed), and for a budget the steps that fit at the chosen precision's pace."""
+    lrn = probes.lrn(t.lrn_kernel)
+    if t.amp != "auto" and t.budget is None:
+        return Plan(Precision(t.amp, "as asked"), lrn, t.epochs, t.steps)
+    precision = choose_precision(t.amp, device, probes.step_seconds)
+    plan = Plan(precision, lrn, t.epochs, t.steps)
+    if t.budget is None:
+        return plan
+    step_s = (
+        precision.ms_per_step[precision.amp] / 1000
+        if precision.ms_per_step
+        else probes.step_seconds([precision.amp])[precision.amp]
+    )
+    loader_s = probes.loader_seconds()
+    if loader_s is not None:  # the loader, not the step, may bound an epoch (a folder on a GPU)
+        step_s = max(step_s, loader_s)
+    validation_s = probes.validation_seconds(precision.amp)
+    budget = plan_budget(t.budget, spent_s(), step_s, steps_per_epoch, validation_s, t.epochs, t.val_every)
+    steps = budget.steps if budget.steps != budget.epochs * budget.steps_per_epoch else None
+    loader_ms = round(loader_s * 1000, 2) if loader_s is not None else None
+    return dataclasses.replace(plan, epochs=budget.epochs, steps=steps, budget=budget, loader_ms_per_batch=loader_ms)
+
+
+def resumed(before: Plan, was: TrainConfig, t: TrainConfig, device: torch.device, probes: Probes) -> Plan:
+    """A resumed run's plan: its checkpoint's, so that it continues the same run; what the
+    command line asks instead wins (--amp, --lrn-kernel, a new length without --budget).
+    The checkpoint's fused kernel may not build here: then the auto choice."""
+    from .runtime import stored_precision  # torch: not at import (the command line parses --budget)
+
+    asked = was.lrn_kernel if t.lrn_kernel == "auto" else t.lrn_kernel
+    try:
+        lrn = probes.lrn(asked)
+    except UserError:
+        if t.lrn_kernel != "auto":
+            raise
+        lrn = probes.lrn("auto")
+    amp = stored_precision(was.amp, device) if t.amp == "auto" else t.amp
+    precision = before.precision if amp == was.amp else Precision(amp, _resumed_precision(was.amp, t.amp, device))
+    planned = t.budget is not None and before.budget is not None
+    epochs, steps = (was.epochs, was.steps) if planned else (t.epochs, t.steps)
+    return dataclasses.replace(before, precision=precision, lrn=lrn, epochs=epochs, steps=steps)
+
+
+def _resumed_precision(before: str, asked: str, device: torch.device) -> str:
+    """Why a resumed run's precision differs from its checkpoint's."""
+    if asked == "auto":
+        return f"the checkpoint's {before} runs on CUDA only: fp32 on {device.type}"
+    return "as asked when resuming"

@@ -51,8 +51,12 @@ def test_imported_logits_equal_torchvision(imported):
     model, cfg, classes = load_model(ckpt, torch.device("cpu"))
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        diff = (model(x) - tv(x)).abs().max().item()
+        expected = tv(x)
+        # the run's memory format (channels_last): other summation orders, fp32's rounding
+        in_run_format = (model(x) - expected).abs().max().item()
+        diff = (model.to(memory_format=torch.contiguous_format)(x) - expected).abs().max().item()
     assert diff <= 1e-5, diff
+    assert in_run_format <= 1e-5 * expected.abs().max().item(), in_run_format
     assert cfg.model.name == "owt" and cfg.model.num_classes == 1000 and cfg.train.amp == "off"
     assert classes == torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
     assert cfg.data.mean == pytest.approx((123.675, 116.28, 103.53))

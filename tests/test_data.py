@@ -173,3 +173,12 @@ def test_load_split_takes_its_limits_from_the_config(fashion_dir):
     cfg = DataConfig(data_dir=fashion_dir, limit_train=96, limit_val=40)
     assert load_split(True, cfg, 32).size == 96 and load_split(False, cfg, 32).size == 40
     assert load_split(False, dataclasses.replace(cfg, limit_val=None), 32).size == 10_000  # the whole test set
+
+
+def test_a_folder_smaller_than_one_batch_is_refused_with_a_batch_that_fits(photo_folder, tmp_path, cli, one_line_error):
+    """24 photos at the folder recipe's batch of 128: no full batch, so no step; the run says
+    so in one line before it measures anything, with a batch that gives a few steps."""
+    rc, out, err = cli("train", "--data", photo_folder, "--out", tmp_path / "out", "--epochs", "1")
+    line = one_line_error(rc, err, photo_folder, "24 training images", "--batch-size 128", "--batch-size 4")
+    assert "6 steps an epoch" in line
+    assert not (tmp_path / "out" / "last.pt").exists()

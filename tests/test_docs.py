@@ -115,3 +115,13 @@ def test_no_function_is_longer_than_a_screen():
                 if lines > 65:
                     long.append(f"{path.stem}.{node.name} ({lines} lines)")
     assert not long, "split these: " + ", ".join(long)
+
+
+def test_no_module_is_longer_than_500_lines():
+    """DESIGN.md's rule: a module a reader can hold in mind (500 lines); a longer one is split by topic."""
+    long = [
+        f"{p.relative_to(PACKAGE)} ({n} lines)"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 500
+    ]
+    assert not long, "split these: " + ", ".join(long)

@@ -18,6 +18,8 @@ from ..data.stats import cached_mean_image
 from ..run.distributed import Dist
 from ..run.errors import UserError
 
+MIN_STEPS = 4  # steps an epoch that the batch suggested for a small folder gives at least
+
 
 @dataclass
 class RunData:
@@ -48,6 +50,8 @@ def load_data(
     t, data = cfg.train, cfg.data
     train_split = load_split(True, data, t.batch_size, t.seed, d=d)
     val_split = load_split(False, data, t.batch_size, t.seed, d=d)
+    if len(train_split.loader) == 0:  # an epoch drops its last partial batch: nothing to train on
+        raise UserError(_too_few(data.name, train_split.size, t.batch_size, d.world))
     classes = train_split.classes
     if classes != val_split.classes:
         raise UserError(f"{data.name}: the training and validation classes differ")
@@ -56,6 +60,18 @@ def load_data(
     names = None if is_fashion_mnist(data) else human_names(classes, Path(data.name), data.synsets)
     image, unreadable = mean_image(cfg, ckpt or source, d, log, device)
     return RunData(train_split, val_split, classes, names, image, unreadable)
+
+
+def _too_few(name: str, images: int, batch: int, world: int) -> str:
+    """Why a training split smaller than one batch cannot train, and a batch that can: the
+    largest power of two that gives at least MIN_STEPS steps an epoch (and splits evenly
+    over the processes)."""
+    fits = max(images // MIN_STEPS, 1)
+    suggest = max(2 ** (fits.bit_length() - 1), world)
+    return (
+        f"{name}: {images} training images make no full batch of --batch-size {batch} (an epoch drops its last "
+        f"partial batch): try --batch-size {suggest} ({images // suggest} steps an epoch)"
+    )
 
 
 def mean_image(

@@ -12,7 +12,6 @@ rebuilds the model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 from dataclasses import dataclass
@@ -215,6 +214,7 @@ class Inference(Classifier):
         class_names: list[str] | None = None,
         mean_image: torch.Tensor | None = None,
         amp: str | None = None,
+        lrn: str = "",
     ) -> Inference:
         """The model (on its device) as its run evaluates it; amp: another precision than
         the run's (evaluate --amp), under the same rule."""
@@ -223,7 +223,7 @@ class Inference(Classifier):
         model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
         preprocess = Preprocess(config.data, config.model.input_size, device, channels_last, mean_image)
         precision = stored_precision(config.train.amp if amp is None else amp, device)
-        return cls(model, preprocess, precision, config, classes, class_names or classes, mean_image)
+        return cls(model, preprocess, precision, config, classes, class_names or classes, mean_image, lrn)
 
 
 def load_inference(
@@ -244,9 +244,8 @@ def load_inference(
             f"{mean_image.shape[1]}x{mean_image.shape[2]} pixels for images stored at "
             f"{size}x{size}"
         )
-    lrn = f"{'fused kernel' if choice.kernel == 'fused' else 'torch operations'} ({choice.reason})"
     names = list(ckpt.get("class_names") or classes)
-    return dataclasses.replace(Inference.of(model, config, classes, names, mean_image, amp), lrn=lrn)
+    return Inference.of(model, config, classes, names, mean_image, amp, choice.describe())
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[AlexNet, RunConfig, list[str]]:

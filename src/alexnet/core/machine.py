@@ -62,7 +62,7 @@ def select_lrn(
     choice = lrn_choice(asked, device, model.lrn_kernel is not None)
     model.set_lrn_kernel(choice.kernel)
     if log is not None and model.lrn_kernel is not None:
-        log(f"alexnet: LRN {'fused kernel' if choice.kernel == 'fused' else 'torch operations'} ({choice.reason})")
+        log(f"alexnet: LRN {choice.describe()}")
     return choice
 
 

@@ -297,6 +297,10 @@ class LrnChoice:
     kernel: str  # what the LRN runs on the CPU: "fused" (lrn.c) or "torch"
     reason: str
 
+    def describe(self) -> str:
+        """The choice and why, as the run header and the inference commands say it."""
+        return f"{'fused kernel' if self.kernel == 'fused' else 'torch operations'} ({self.reason})"
+
 
 @dataclass(frozen=True)
 class Revision:
@@ -396,8 +400,7 @@ class Plan:
         timed = bool(self.precision.ms_per_step)  # the note goes with the timings it is about
         lines = [f"precision {PRECISION_NAMES[t.amp]} ({self.precision.reason}{cached if timed else ''})"]
         if has_lrn:
-            kernel = "fused kernel" if self.lrn.kernel == "fused" else "torch operations"
-            lines.append(f"LRN {kernel} ({self.lrn.reason})")
+            lines.append(f"LRN {self.lrn.describe()}")
         if self.budget:
             lines.append(
                 self.budget.describe()
